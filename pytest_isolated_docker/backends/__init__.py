@@ -1,0 +1,180 @@
+"""Backends: where a daemon comes from. One small interface, three implementations.
+
+The layer above (``daemon.py``, ``plugin.py``) only ever calls :func:`start_daemon` and the
+methods of :class:`Backend`; it never looks at a backend's name.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import importlib
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Optional
+
+import docker
+import docker.errors
+
+from ..coordination import session_dir
+from ..daemon import DockerDaemon, Endpoint, wait_until_ready
+from ..images import preload
+from ..errors import DaemonUnavailable, IsolatedDockerError
+from ..labels import DAEMON, Identity
+from ..settings import Settings
+from ..tls import CertificateAuthority, ClientTLS
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What every backend gets: the settings, who it works for, and the session's shared files."""
+
+    settings: Settings
+    identity: Identity
+
+    @property
+    def session_dir(self) -> Path:
+        return session_dir(self.identity.session_id)
+
+    @functools.cached_property
+    def ca(self) -> CertificateAuthority:
+        return CertificateAuthority.load_or_create(self.session_dir, self.identity.session_id)
+
+    @functools.cached_property
+    def client_tls(self) -> ClientTLS:
+        return self.ca.client_tls(self.session_dir / "client")
+
+    def host_client(self, timeout: float = 60.0) -> docker.DockerClient:
+        """A client of the host engine (DOCKER_HOST, else the default socket)."""
+        try:
+            client = docker.from_env(timeout=int(timeout))
+            client.ping()
+        except docker.errors.DockerException as exc:
+            raise DaemonUnavailable(
+                f"the host's Docker engine does not answer ({exc}). Start it (on this project's "
+                "machines: dev/provision-host), or point DOCKER_HOST at a running engine; "
+                "`pytest-isolated-docker doctor` checks every backend."
+            ) from exc
+        return client
+
+
+class Backend(abc.ABC):
+    """Starts one daemon, tells how to reach it, shows its log, and removes all it made."""
+
+    name: ClassVar[str]
+    #: True when code under test can reach the host as root through this backend.
+    unsafe: ClassVar[bool] = False
+
+    def __init__(self, context: BackendContext) -> None:
+        self.context = context
+        self.settings = context.settings
+        #: Tells this daemon's objects from those of other daemons of the same worker.
+        self.instance = secrets.token_hex(4)
+
+    def labels(self, role: str) -> dict[str, str]:
+        """Labels for an object this daemon makes on the host engine."""
+        return {**self.context.identity.labels(role), DAEMON: self.instance}
+
+    def object_name(self, suffix: str) -> str:
+        return self.context.identity.name(f"{self.instance}-{suffix}")
+
+    @abc.abstractmethod
+    def start(self) -> Endpoint:
+        """Launch the daemon and return its endpoint (it need not answer yet)."""
+
+    def failure(self) -> Optional[str]:
+        """Why the daemon can no longer come up, or None while it still may."""
+        return None
+
+    @abc.abstractmethod
+    def logs(self, tail: int) -> str:
+        """The last ``tail`` lines of the daemon's log."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop the daemon and remove everything this backend created. Idempotent."""
+
+    def diagnostics(self) -> str:
+        """State and log tail attached to start-up errors."""
+        return "--- last 50 lines of the daemon's log ---\n" + self.logs(50)
+
+    def owned_filters(self) -> dict[str, list[str]]:
+        """Filters selecting the objects tests may have made; empty means everything in it."""
+        return {}
+
+    def details(self) -> dict[str, str]:
+        """Backend-specific facts for the report (mode, image, ...)."""
+        return {}
+
+    def preload(self, target: docker.DockerClient) -> float:
+        """Load the configured images from the host engine into the started daemon."""
+        if not self.settings.preload:
+            return 0.0
+        host = self.context.host_client()
+        try:
+            return preload(host, target, self.settings.preload)
+        finally:
+            host.close()
+
+    def leftovers(self) -> list[str]:
+        """What this daemon made that still exists (after :meth:`stop`, a leak)."""
+        host = self.context.host_client()
+        try:
+            return describe_objects(host, {"label": [f"{DAEMON}={self.instance}"]})
+        finally:
+            host.close()
+
+
+def describe_objects(client: docker.DockerClient, filters: dict[str, list[str]]) -> list[str]:
+    """``kind name`` of each container, network and volume matching ``filters``."""
+    api = client.api
+    found = [f"container {c['Names'][0].lstrip('/')}" for c in api.containers(all=True, filters=filters)]
+    found += [f"network {n['Name']}" for n in api.networks(filters=filters)]
+    found += [f"volume {v['Name']}" for v in api.volumes(filters=filters).get("Volumes") or []]
+    return found
+
+
+_BACKEND_MODULES = {
+    "dind": "pytest_isolated_docker.backends.dind",
+    "socket": "pytest_isolated_docker.backends.socket",
+    "machine": "pytest_isolated_docker.backends.machine",
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    module = importlib.import_module(_BACKEND_MODULES[name])
+    cls = module.BACKEND
+    assert issubclass(cls, Backend)
+    return cls
+
+
+def start_daemon(context: BackendContext, backend_name: Optional[str] = None) -> DockerDaemon:
+    """Start a daemon with the configured (or the given) backend and wait until it answers.
+
+    Whatever the backend made is removed again if any step fails, Ctrl-C included.
+    """
+    backend = backend_class(backend_name or context.settings.backend)(context)
+    started = time.monotonic()
+    try:
+        endpoint = backend.start()
+        api_version = wait_until_ready(
+            endpoint, context.settings.startup_timeout, backend.failure, backend.diagnostics
+        )
+        daemon = DockerDaemon(backend, endpoint, api_version, time.monotonic() - started)
+        daemon.preload_seconds = backend.preload(daemon.client)
+    except BaseException:
+        backend.stop()
+        raise
+    return daemon
+
+
+__all__ = [
+    "Backend",
+    "BackendContext",
+    "DaemonUnavailable",
+    "IsolatedDockerError",
+    "describe_objects",
+    "start_daemon",
+]

@@ -1,0 +1,314 @@
+"""The ``dind`` backend: a Docker daemon in a container of the host engine, mutual TLS only.
+
+The plugin owns the start command, so any image with ``dockerd`` and a POSIX shell works. The
+container is started, its server certificate (made for the addresses it is reached at) is copied
+in, and only then does dockerd start, listening with ``--tlsverify`` on a port published on
+127.0.0.1 only, picked by the engine.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import sys
+import tarfile
+import time
+from typing import Any, Optional
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from ..coordination import cache_dir, locked, read_json, write_json
+from ..daemon import Endpoint
+from ..errors import StartupError
+from ..tls import ServerTLS
+from . import Backend
+
+DOCKERD_PORT = 2376
+
+# Runs as PID 1 of the dind container. Cgroup v1 hierarchies docker gives an unprivileged
+# container are read-only bind mounts that cannot be remounted read-write ("busy"), so each one is
+# unmounted and mounted fresh inside the container's private cgroup namespace. Then it waits for the
+# certificates the plugin copies in after start, and execs dockerd with the arguments it was given.
+ENTRYPOINT = r"""
+set -eu
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    mount -o remount,rw /sys/fs/cgroup 2>/dev/null || true
+    mkdir -p /sys/fs/cgroup/init
+    xargs -rn1 < /sys/fs/cgroup/cgroup.procs > /sys/fs/cgroup/init/cgroup.procs 2>/dev/null || true
+    sed -e 's/ / +/g' -e 's/^/+/' < /sys/fs/cgroup/cgroup.controllers \
+        > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+else
+    awk '$0 ~ / - cgroup / { print $5, $NF }' /proc/self/mountinfo |
+    while read -r point options; do
+        options=${options#rw,}
+        umount "$point" 2>/dev/null || continue
+        mount -t cgroup -o "$options" cgroup "$point" ||
+            echo "pytest-isolated-docker: could not mount cgroup $options on $point" >&2
+    done
+fi
+while [ ! -e /certs/ready ]; do sleep 0.01; done
+exec dockerd "$@"
+"""
+
+PRIVILEGED_REFUSED_HINTS = ("unable to apply caps", "operation not permitted")
+
+# The recipe that works where --privileged is refused (see ENVIRONMENT.md of the project).
+PRIVILEGED: dict[str, Any] = {"host_config": {"privileged": True}}
+CAPABILITY_RECIPE: dict[str, Any] = {
+    "host_config": {
+        "cap_add": ["ALL"],
+        "cap_drop": ["SYS_RESOURCE"],
+        "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+        "device_cgroup_rules": ["a *:* rwm"],
+    },
+    # systempaths=unconfined, and a cgroup namespace of its own so that the hierarchies can be
+    # mounted fresh inside.
+    "raw_host_config": {"MaskedPaths": [], "ReadonlyPaths": [], "CgroupnsMode": "private"},
+}
+
+
+def _dockerd_args(settings_mirrors: tuple[str, ...]) -> list[str]:
+    args = [
+        f"--host=tcp://0.0.0.0:{DOCKERD_PORT}",
+        "--host=unix:///var/run/docker.sock",
+        "--tlsverify",
+        "--tlscacert=/certs/ca.pem",
+        "--tlscert=/certs/cert.pem",
+        "--tlskey=/certs/key.pem",
+    ]
+    args += [f"--registry-mirror={mirror}" for mirror in settings_mirrors]
+    return args
+
+
+def _certs_archive(server: ServerTLS) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        members = [
+            ("ca.pem", server.ca_cert, 0o644),
+            ("cert.pem", server.cert, 0o644),
+            ("key.pem", server.key, 0o600),
+            ("ready", b"", 0o644),  # last: the entrypoint waits for it
+        ]
+        for name, data, mode in members:
+            info = tarfile.TarInfo(f"certs/{name}")
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def own_container(host: docker.DockerClient) -> Optional[Container]:
+    """The container this process runs in, if it is one of the host engine's.
+
+    Docker sets a container's hostname to its short ID and creates ``/.dockerenv``; asking the
+    engine for that ID confirms it instead of trusting either heuristic alone.
+    """
+    if not os.path.exists("/.dockerenv"):
+        return None
+    try:
+        container = host.containers.get(socket.gethostname())
+    except docker.errors.DockerException:
+        return None
+    return container
+
+
+def pull_with_progress(host: docker.DockerClient, image: str, hint: str) -> None:
+    """Pull ``image``, printing progress to stderr; a StartupError naming it on failure."""
+    repository, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+    print(f"pytest-isolated-docker: pulling {image} ...", file=sys.stderr, flush=True)
+    try:
+        last = ""
+        for event in host.api.pull(repository, tag or "latest", stream=True, decode=True):
+            if "error" in event:
+                raise docker.errors.APIError(event["error"])
+            status = f"{event.get('id', '')} {event.get('status', '')}".strip()
+            if status != last:
+                print(f"  {status} {event.get('progress', '')}", file=sys.stderr, flush=True)
+                last = status
+    except docker.errors.DockerException as exc:
+        raise StartupError(
+            "pull", f"image {image!r} is not on the host engine and cannot be pulled ({exc}). {hint}"
+        ) from exc
+
+
+class DindBackend(Backend):
+    """A dockerd in a container of the host engine, reached over mutual TLS on 127.0.0.1."""
+
+    name = "dind"
+
+    _host: Optional[docker.DockerClient] = None
+    _container: Optional[Container] = None
+    _volume: Optional[str] = None
+    _mode = ""
+
+    def start(self) -> Endpoint:
+        self._host = host = self.context.host_client()
+        image = self.settings.dind_image
+        self._ensure_image(host, image)
+        self._volume = host.volumes.create(
+            name=self.object_name("data"), labels=self.labels("dind-data")
+        ).name
+        container = self._run_container(host, image)
+        self._container = container
+        address, port = self._address(host, container)
+        tls = self.context.ca.server_tls(
+            ["127.0.0.1", "localhost", address, container.name or "", *self._container_ips()]
+        )
+        container.put_archive("/", _certs_archive(tls))
+        return Endpoint(f"tcp://{address}:{port}", self.context.client_tls)
+
+    def _ensure_image(self, host: docker.DockerClient, image: str) -> None:
+        try:
+            host.images.get(image)
+        except docker.errors.ImageNotFound:
+            pull_with_progress(
+                host,
+                image,
+                "Build an image offline with `pytest-isolated-docker build-image dind` and pass "
+                "its name to --docker-dind-image, or pick an image the host engine has.",
+            )
+
+    def _create(self, host: docker.DockerClient, image: str, mode: dict[str, Any]) -> str:
+        """Create the container with the low-level API: docker-py's models cannot express
+        ``systempaths=unconfined`` (empty masked and read-only path lists)."""
+        api = host.api
+        host_config = api.create_host_config(
+            port_bindings={DOCKERD_PORT: ("127.0.0.1", None)},
+            binds={self._volume: {"bind": "/var/lib/docker", "mode": "rw"}},
+            **mode.get("host_config", {}),
+        )
+        host_config.update(mode.get("raw_host_config", {}))
+        created = api.create_container(
+            image,
+            entrypoint=["sh", "-c", ENTRYPOINT, "pytest-isolated-docker-entrypoint"],
+            command=_dockerd_args(self.settings.registry_mirror),
+            name=self.object_name("dind"),
+            labels=self.labels("dind"),
+            ports=[DOCKERD_PORT],
+            host_config=host_config,
+            detach=True,
+        )
+        return str(created["Id"])
+
+    def _privilege_memo(self, host: docker.DockerClient) -> tuple[Any, dict[str, Any]]:
+        engine_id = host.info().get("ID", "unknown").replace(":", "")
+        path = cache_dir() / f"privileged-{engine_id}.json"
+        return path, read_json(path)
+
+    def _run_container(self, host: docker.DockerClient, image: str) -> Container:
+        choice = self.settings.dind_privileged
+        memo_path, memo = (None, {}) if choice != "auto" else self._privilege_memo(host)
+        if choice == "always" or (choice == "auto" and not memo.get("refused")):
+            try:
+                container = self._create_and_start(host, image, PRIVILEGED)
+                self._mode = "privileged"
+                return container
+            except docker.errors.APIError as exc:
+                if choice == "always" or not any(
+                    h in str(exc) for h in PRIVILEGED_REFUSED_HINTS
+                ):
+                    raise StartupError(
+                        "start",
+                        f"the engine refused the privileged dind container: {exc}. "
+                        "--docker-dind-privileged=auto falls back to a capability recipe.",
+                    ) from exc
+                if memo_path is not None:
+                    with locked(memo_path.with_suffix(".lock")):
+                        write_json(memo_path, {"refused": str(exc)})
+        container = self._create_and_start(host, image, CAPABILITY_RECIPE)
+        self._mode = "capabilities (--privileged refused by the engine)" if choice == "auto" else (
+            "capabilities"
+        )
+        return container
+
+    def _create_and_start(
+        self, host: docker.DockerClient, image: str, mode: dict[str, Any]
+    ) -> Container:
+        container = host.containers.get(self._create(host, image, mode))
+        try:
+            container.start()
+        except BaseException:
+            container.remove(force=True, v=True)
+            raise
+        container.reload()
+        return container
+
+    def _address(self, host: docker.DockerClient, container: Container) -> tuple[str, int]:
+        """Where this process reaches the daemon: 127.0.0.1:<published port>, or the container
+        network when pytest itself runs in a container of the same engine."""
+        me = own_container(host)
+        if me is not None:
+            network_name = next(iter(me.attrs["NetworkSettings"]["Networks"]), "bridge")
+            if network_name not in container.attrs["NetworkSettings"]["Networks"]:
+                host.networks.get(network_name).connect(container)
+                container.reload()
+            ip = container.attrs["NetworkSettings"]["Networks"][network_name]["IPAddress"]
+            return ip, DOCKERD_PORT
+        bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{DOCKERD_PORT}/tcp") or []
+        for binding in bindings:
+            if binding.get("HostIp") == "127.0.0.1":
+                return "127.0.0.1", int(binding["HostPort"])
+        raise StartupError("start", f"the engine published no 127.0.0.1 port: {bindings!r}")
+
+    def _container_ips(self) -> list[str]:
+        assert self._container is not None
+        networks = self._container.attrs["NetworkSettings"]["Networks"] or {}
+        return [n["IPAddress"] for n in networks.values() if n.get("IPAddress")]
+
+    def failure(self) -> Optional[str]:
+        if self._container is None:
+            return None
+        try:
+            self._container.reload()
+        except docker.errors.NotFound:
+            return "its container was removed"
+        state = self._container.attrs["State"]
+        if state["Status"] in ("exited", "dead"):
+            return f"container {self._container.name} {state['Status']} with code {state['ExitCode']}"
+        return None
+
+    def diagnostics(self) -> str:
+        if self._container is None:
+            return ""
+        state = self._container.attrs.get("State", {})
+        head = (
+            f"container {self._container.name} ({self._container.short_id}) of image "
+            f"{self.settings.dind_image}: status={state.get('Status')} "
+            f"exit={state.get('ExitCode')} error={state.get('Error') or '-'} mode={self._mode}"
+        )
+        return head + "\n" + super().diagnostics()
+
+    def logs(self, tail: int) -> str:
+        if self._container is None:
+            return "(no container)"
+        try:
+            return self._container.logs(tail=tail).decode(errors="replace")
+        except docker.errors.DockerException as exc:
+            return f"(log unavailable: {exc})"
+
+    def details(self) -> dict[str, str]:
+        return {"mode": self._mode, "image": self.settings.dind_image}
+
+    def stop(self) -> None:
+        host = self._host
+        if host is None:
+            return
+        if self._container is not None:
+            try:
+                self._container.remove(force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            self._container = None
+        if self._volume is not None:
+            try:
+                host.volumes.get(self._volume).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            self._volume = None
+        host.close()
+        self._host = None
+
+
+BACKEND = DindBackend

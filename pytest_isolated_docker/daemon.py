@@ -1,0 +1,267 @@
+"""The daemon a test sees: endpoint, clients, environment for subprocesses, readiness and reset."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import docker
+import docker.errors
+import docker.tls
+import requests
+
+from .errors import StartupError
+from .tls import ClientTLS
+
+if TYPE_CHECKING:
+    from .backends import Backend
+
+# The API version to use before the daemon has told us its own (only unversioned calls are made).
+_BOOTSTRAP_API_VERSION = "1.24"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach a daemon: a ``tcp://`` or ``unix://`` URL and, for TCP, the client TLS files."""
+
+    base_url: str
+    tls: Optional[ClientTLS] = None
+
+    def env(self) -> dict[str, str]:
+        """Environment for the docker CLI, compose and friends.
+
+        Every key is set (to "" when unused) so that merging it over ``os.environ`` cannot leave a
+        stale ``DOCKER_TLS_VERIFY`` or ``DOCKER_CERT_PATH`` pointing the CLI elsewhere.
+        """
+        return {
+            "DOCKER_HOST": self.base_url,
+            "DOCKER_TLS_VERIFY": "1" if self.tls else "",
+            "DOCKER_CERT_PATH": str(self.tls.cert_dir) if self.tls else "",
+            "DOCKER_CONTEXT": "",
+        }
+
+    def tls_config(self) -> Optional[docker.tls.TLSConfig]:
+        if self.tls is None:
+            return None
+        return docker.tls.TLSConfig(
+            client_cert=(str(self.tls.client_cert), str(self.tls.client_key)),
+            ca_cert=str(self.tls.ca_cert),
+            verify=True,
+        )
+
+    def client(self, api_version: str, timeout: float = 60.0) -> docker.DockerClient:
+        """A client speaking ``api_version`` (as the daemon's ``/_ping`` announced it)."""
+        client = docker.DockerClient(
+            base_url=self.base_url, tls=self.tls_config(), version=api_version, timeout=int(timeout)
+        )
+        _ignore_environment(client.api)
+        return client
+
+    def ping(self, timeout: float) -> Optional[str]:
+        """One unversioned ``/_ping``: the daemon's API version, or None while it does not answer."""
+        api = docker.APIClient(
+            base_url=self.base_url,
+            tls=self.tls_config(),
+            version=_BOOTSTRAP_API_VERSION,
+            timeout=timeout,
+        )
+        _ignore_environment(api)
+        try:
+            response = api.get(api.base_url + "/_ping", timeout=timeout)
+            if response.status_code != 200:
+                return None
+            return response.headers.get("API-Version") or _BOOTSTRAP_API_VERSION
+        except (requests.exceptions.RequestException, OSError):
+            return None
+        finally:
+            api.close()
+
+
+def _ignore_environment(api: docker.APIClient) -> None:
+    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's own CA, and proxies from
+    # the environment apply too: either would break mutual TLS to the session's CA.
+    api.trust_env = False
+
+
+def wait_until_ready(
+    endpoint: Endpoint,
+    timeout: float,
+    failure: Callable[[], Optional[str]],
+    diagnostics: Callable[[], str],
+) -> str:
+    """Poll ``/_ping`` with a short backoff until it answers; return the daemon's API version.
+
+    ``failure`` returns a reason when the daemon can no longer come up (its container exited, its
+    VM died), so that we fail at once instead of waiting out the timeout.
+    """
+    start = time.monotonic()
+    delay = 0.01
+    while True:
+        api_version = endpoint.ping(timeout=min(2.0, max(0.2, timeout / 10)))
+        if api_version is not None:
+            return api_version
+        reason = failure()
+        waited = time.monotonic() - start
+        if reason is not None:
+            raise StartupError("ready", f"the daemon stopped before answering: {reason}", diagnostics())
+        if waited > timeout:
+            raise StartupError(
+                "ready",
+                f"no answer on {endpoint.base_url}/_ping after {waited:.1f} s "
+                "(--docker-startup-timeout). Raise the timeout on a slow machine, or read the log "
+                "below for why dockerd did not start.",
+                diagnostics(),
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+
+
+@dataclass
+class ResetStats:
+    """What resets removed over a daemon's life, for the terminal summary."""
+
+    resets: int = 0
+    containers: int = 0
+    networks: int = 0
+    volumes: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: ResetStats) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+    @property
+    def objects(self) -> int:
+        return self.containers + self.networks + self.volumes
+
+
+class DockerDaemon:
+    """An isolated Docker daemon (or, for the socket backend, the host's engine).
+
+    ``client`` is a ready ``docker.DockerClient``; ``env`` the variables a subprocess such as the
+    docker CLI or compose needs to reach the same daemon; ``logs()`` the daemon's log tail.
+    """
+
+    def __init__(
+        self, backend: Backend, endpoint: Endpoint, api_version: str, startup_seconds: float
+    ) -> None:
+        self._backend = backend
+        self.endpoint = endpoint
+        self.api_version = api_version
+        self.startup_seconds = startup_seconds
+        self.preload_seconds = 0.0
+        self.reset_stats = ResetStats()
+        self._client: Optional[docker.DockerClient] = None
+        self._client_lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def backend(self) -> str:
+        """The backend's name: ``dind``, ``socket`` or ``machine``."""
+        return self._backend.name
+
+    @property
+    def unsafe(self) -> bool:
+        """True when code under test can reach the host as root (the socket backend)."""
+        return self._backend.unsafe
+
+    @property
+    def base_url(self) -> str:
+        return self.endpoint.base_url
+
+    @property
+    def env(self) -> dict[str, str]:
+        """A fresh copy of the environment variables that point a subprocess at this daemon."""
+        return self.endpoint.env()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """A ``docker.DockerClient`` for this daemon, made once and shared."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = self.endpoint.client(self.api_version)
+            return self._client
+
+    def new_client(self) -> docker.DockerClient:
+        """A client of its own (connection pool included) for this daemon."""
+        return self.endpoint.client(self.api_version)
+
+    def logs(self, tail: int = 200) -> str:
+        """The last ``tail`` lines of the daemon's log (a VM's console included)."""
+        return self._backend.logs(tail)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the report header and terminal summary."""
+        facts: dict[str, Any] = {"backend": self.backend, "endpoint": self.base_url}
+        try:
+            facts["engine"] = self.client.version().get("Version", "?")
+        except docker.errors.DockerException as exc:  # pragma: no cover - daemon died
+            facts["engine"] = f"unreachable ({exc})"
+        facts.update(self._backend.details())
+        facts["startup_seconds"] = round(self.startup_seconds, 3)
+        facts["preload_seconds"] = round(self.preload_seconds, 3)
+        return facts
+
+    def reset(self) -> ResetStats:
+        """Remove the containers, user networks and volumes this daemon's tests made.
+
+        Images stay: they are the cache. For a shared engine (socket backend) only objects
+        labelled with this worker's identity are removed.
+        """
+        start = time.monotonic()
+        stats = remove_objects(self.client, self._backend.owned_filters())
+        stats.resets = 1
+        stats.seconds = time.monotonic() - start
+        self.reset_stats.add(stats)
+        return stats
+
+    def stop(self) -> list[str]:
+        """Stop the daemon, remove everything its backend made, and return what is left (leaks)."""
+        if not self._stopped:
+            self._stopped = True
+            if self._client is not None:
+                self._client.close()
+            self._backend.stop()
+        return self._backend.leftovers()
+
+
+def remove_objects(client: docker.DockerClient, filters: Mapping[str, list[str]]) -> ResetStats:
+    """Remove every container, custom network and volume matching ``filters`` (all when empty)."""
+    api = client.api
+    stats = ResetStats()
+    label_filter = dict(filters)
+    containers = api.containers(all=True, quiet=True, filters=label_filter)
+    if containers:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            list(
+                pool.map(
+                    lambda c: _ignore_missing(api.remove_container, c["Id"], force=True, v=True),
+                    containers,
+                )
+            )
+        stats.containers = len(containers)
+    networks = api.networks(filters={**label_filter, "type": ["custom"]})
+    for network in networks:
+        _ignore_missing(api.remove_network, network["Id"])
+    stats.networks = len(networks)
+    volumes = api.volumes(filters=label_filter).get("Volumes") or []
+    for volume in volumes:
+        _ignore_missing(api.remove_volume, volume["Name"], force=True)
+    stats.volumes = len(volumes)
+    return stats
+
+
+def _ignore_missing(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    try:
+        call(*args, **kwargs)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        # "removal already in progress" when two resets race on the same object.
+        if exc.status_code != 409:
+            raise

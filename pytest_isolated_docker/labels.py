@@ -1,0 +1,41 @@
+"""Labels put on every object the plugin creates, and the identity of a session and worker."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+
+PREFIX = "pytest-isolated-docker"
+SESSION = f"{PREFIX}.session"
+WORKER = f"{PREFIX}.worker"
+PID = f"{PREFIX}.pid"
+ROLE = f"{PREFIX}.role"
+DAEMON = f"{PREFIX}.daemon"
+
+
+def new_session_id() -> str:
+    """Sortable by start time, unique across hosts sharing an engine."""
+    return time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(4)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who owns an object: the test session, the xdist worker (or "main") and the process."""
+
+    session_id: str
+    worker: str = "main"
+    pid: int = field(default_factory=os.getpid)
+
+    def labels(self, role: str) -> dict[str, str]:
+        return {
+            SESSION: self.session_id,
+            WORKER: self.worker,
+            PID: str(self.pid),
+            ROLE: role,
+        }
+
+    def name(self, suffix: str) -> str:
+        """A readable, unique object name: ``pid-<session>-<worker>-<suffix>``."""
+        return f"pid-{self.session_id}-{self.worker}-{suffix}"

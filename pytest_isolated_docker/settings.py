@@ -1,0 +1,304 @@
+"""One configuration resolver: command line > ``PYTEST_DOCKER_*`` environment > ini > default.
+
+The option table below is the single source of truth: the pytest plugin registers flags and ini
+keys from it, the resolver reads every source through it, and the docs list it. This module does not
+import pytest: errors are :class:`SettingsError`, which the plugin turns into ``pytest.UsageError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+ENV_PREFIX = "PYTEST_DOCKER_"
+INI_PREFIX = "docker_"
+FLAG_PREFIX = "--docker-"
+
+BACKENDS = ("dind", "socket", "machine")
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message names the value, its source and the fix."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a raw value came from, worded for error messages."""
+
+    kind: str  # "flag" | "env" | "ini" | "default"
+    name: str
+
+    def __str__(self) -> str:
+        return {
+            "flag": f"command-line option {self.name}",
+            "env": f"environment variable {self.name}",
+            "ini": f"ini option {self.name}",
+            "default": f"default of {self.name}",
+        }[self.kind]
+
+
+def _parse_choice(choices: Sequence[str]) -> Callable[[str, Source], str]:
+    def parse(raw: str, source: Source) -> str:
+        value = raw.strip()
+        if value not in choices:
+            raise SettingsError(
+                f"{raw!r} is not a valid value for {source}. Valid values: {', '.join(choices)}."
+            )
+        return value
+
+    return parse
+
+
+def _parse_bool(raw: str, source: Source) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(
+        f"{raw!r} is not a valid boolean for {source}. Use one of: true, false, 1, 0, yes, no."
+    )
+
+
+def _parse_seconds(raw: str, source: Source) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise SettingsError(
+            f"{raw!r} is not a valid number of seconds for {source}. "
+            "Give a positive number, for example 60 or 2.5."
+        )
+    return value
+
+
+def _parse_text(raw: str, source: Source) -> str:
+    return raw.strip()
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One setting, declared once for its flag, environment variable and ini key."""
+
+    name: str
+    help: str
+    default: Any
+    parse: Callable[[str, Source], Any]
+    choices: tuple[str, ...] = ()
+    is_flag: bool = False  # a switch on the command line (no value)
+    is_list: bool = False  # repeatable flag, ini line list, comma-separated env
+    metavar: Optional[str] = None
+
+    @property
+    def flag(self) -> str:
+        return FLAG_PREFIX + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def ini(self) -> str:
+        return INI_PREFIX + self.name
+
+    @property
+    def dest(self) -> str:
+        return "docker_" + self.name
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec(
+        "backend",
+        "Where the tests' Docker daemon comes from: 'dind' (a daemon in a container of the host "
+        "engine, default), 'machine' (a disposable VM) or 'socket' (the host's own engine: "
+        "unsafe, needs --docker-allow-unsafe).",
+        "dind",
+        _parse_choice(BACKENDS),
+        choices=BACKENDS,
+    ),
+    OptionSpec(
+        "allow_unsafe",
+        "Allow the 'socket' backend, which gives code under test root on the host.",
+        False,
+        _parse_bool,
+        is_flag=True,
+    ),
+    OptionSpec(
+        "startup_timeout",
+        "Seconds to wait for a daemon to answer /_ping before failing with its log (default 120).",
+        120.0,
+        _parse_seconds,
+        metavar="SECONDS",
+    ),
+    OptionSpec(
+        "unavailable",
+        "What a test that needs a daemon does when none can be had: 'error' (fail with the "
+        "reason, default) or 'skip' (skip with the reason).",
+        "error",
+        _parse_choice(("error", "skip")),
+        choices=("error", "skip"),
+    ),
+    OptionSpec(
+        "scope",
+        "'worker': one daemon per xdist worker (default); 'session': one daemon shared by all "
+        "workers (then --docker-reset defaults to 'never').",
+        "worker",
+        _parse_choice(("worker", "session")),
+        choices=("worker", "session"),
+    ),
+    OptionSpec(
+        "reset",
+        "'test': after each test that used the daemon remove its containers, networks and "
+        "volumes (images stay: they are the cache); 'never': keep them.",
+        None,
+        _parse_choice(("test", "never")),
+        choices=("test", "never"),
+    ),
+    OptionSpec(
+        "dind_image",
+        "Image of the dind backend: any image with dockerd and a POSIX shell "
+        "(default docker:dind; build one offline with `pytest-isolated-docker build-image dind`).",
+        "docker:dind",
+        _parse_text,
+        metavar="IMAGE",
+    ),
+    OptionSpec(
+        "dind_privileged",
+        "'auto': try --privileged and fall back to a capability recipe when the engine refuses "
+        "it (default); 'always'; 'never'.",
+        "auto",
+        _parse_choice(("auto", "always", "never")),
+        choices=("auto", "always", "never"),
+    ),
+    OptionSpec(
+        "machine_driver",
+        "VM driver of the machine backend: 'qemu' (built in, default) or any docker-machine "
+        "driver name (needs docker-machine on PATH).",
+        "qemu",
+        _parse_text,
+        metavar="DRIVER",
+    ),
+    OptionSpec(
+        "machine_opt",
+        "Extra option passed to `docker-machine create` (repeatable).",
+        (),
+        _parse_text,
+        is_list=True,
+        metavar="OPT",
+    ),
+    OptionSpec(
+        "vm_image",
+        "Directory holding vmlinuz, initrd.img and disk.img for the qemu driver "
+        "(default: the image `pytest-isolated-docker build-image vm` caches).",
+        "",
+        _parse_text,
+        metavar="DIR",
+    ),
+    OptionSpec(
+        "preload",
+        "Image taken from the host engine and loaded into each isolated daemon as it starts "
+        "(repeatable; comma-separated in the environment).",
+        (),
+        _parse_text,
+        is_list=True,
+        metavar="IMAGE",
+    ),
+    OptionSpec(
+        "registry_mirror",
+        "Registry mirror URL handed to the isolated daemons (repeatable).",
+        (),
+        _parse_text,
+        is_list=True,
+        metavar="URL",
+    ),
+)
+
+OPTIONS_BY_NAME = {spec.name: spec for spec in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved, validated configuration of a test session."""
+
+    backend: str = "dind"
+    allow_unsafe: bool = False
+    startup_timeout: float = 120.0
+    unavailable: str = "error"
+    scope: str = "worker"
+    reset: str = "test"
+    dind_image: str = "docker:dind"
+    dind_privileged: str = "auto"
+    machine_driver: str = "qemu"
+    machine_opt: tuple[str, ...] = ()
+    vm_image: str = ""
+    preload: tuple[str, ...] = ()
+    registry_mirror: tuple[str, ...] = ()
+    sources: Mapping[str, Source] = dataclasses.field(default_factory=dict, compare=False)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _resolve_one(
+    spec: OptionSpec,
+    flag_value: Any,
+    env: Mapping[str, str],
+    ini_value: Any,
+) -> tuple[Any, Source]:
+    if flag_value is not None and flag_value != [] and flag_value != ():
+        source = Source("flag", spec.flag)
+        if spec.is_flag:
+            return bool(flag_value), source
+        if spec.is_list:
+            return tuple(spec.parse(str(v), source) for v in flag_value), source
+        return spec.parse(str(flag_value), source), source
+    if env.get(spec.env, "") != "":
+        source = Source("env", spec.env)
+        raw = env[spec.env]
+        if spec.is_list:
+            return tuple(spec.parse(v, source) for v in raw.split(",") if v.strip()), source
+        return spec.parse(raw, source), source
+    if ini_value not in (None, "", []):
+        source = Source("ini", spec.ini)
+        if spec.is_list:
+            items = ini_value if isinstance(ini_value, list) else str(ini_value).split()
+            return tuple(spec.parse(str(v), source) for v in items if str(v).strip()), source
+        return spec.parse(str(ini_value), source), source
+    return spec.default, Source("default", spec.flag)
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    ini: Mapping[str, Any],
+) -> Settings:
+    """Resolve every option from its sources; raise :class:`SettingsError` on a bad value.
+
+    ``flags`` maps option names to command-line values (``None`` when not given), ``ini`` maps
+    option names to ini values (``None``/empty when not set).
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    for spec in OPTIONS:
+        values[spec.name], sources[spec.name] = _resolve_one(
+            spec, flags.get(spec.name), env, ini.get(spec.name)
+        )
+    if values["reset"] is None:
+        # A shared daemon is used by several workers at once: resetting it after one worker's
+        # test would remove another worker's containers mid-test.
+        values["reset"] = "never" if values["scope"] == "session" else "test"
+    elif values["reset"] == "test" and values["scope"] == "session":
+        raise SettingsError(
+            f"'test' for {sources['reset']} cannot be combined with 'session' from "
+            f"{sources['scope']}: a daemon shared by all workers cannot be emptied after one "
+            "worker's test. Use --docker-reset=never, or --docker-scope=worker."
+        )
+    return Settings(**values, sources=sources)
+
+
+def settings_from_environment(env: Mapping[str, str]) -> Settings:
+    """Settings from ``PYTEST_DOCKER_*`` alone (for the command-line tool)."""
+    return resolve({}, env, {})

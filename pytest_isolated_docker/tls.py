@@ -1,0 +1,186 @@
+"""Mutual-TLS material made in-process with ``cryptography`` (ECDSA P-256: milliseconds).
+
+One CA per test session, shared by its xdist workers; one client certificate per session; one
+server certificate per daemon, made for the addresses that daemon is reached at. Private keys on
+disk are written mode 0600.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .coordination import locked
+
+_VALIDITY = datetime.timedelta(days=2)
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """A directory laid out as the docker CLI expects: ``ca.pem``, ``cert.pem``, ``key.pem``."""
+
+    cert_dir: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.cert_dir / "ca.pem"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.cert_dir / "cert.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.cert_dir / "key.pem"
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """PEM bytes a daemon needs: the CA certificate, its certificate and its key."""
+
+    ca_cert: bytes
+    cert: bytes
+    key: bytes
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pytest-isolated-docker"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+class CertificateAuthority:
+    """A session's CA, kept in ``directory`` (``ca.pem`` and ``ca-key.pem``, the key 0600)."""
+
+    def __init__(self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+        self.cert = cert
+        self.key = key
+
+    @classmethod
+    def create(cls, session_id: str) -> CertificateAuthority:
+        key = _new_key()
+        now = datetime.datetime.now(datetime.timezone.utc)
+        name = _name(f"pytest-isolated-docker CA {session_id}")
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + _VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(cert, key)
+
+    @classmethod
+    def load_or_create(cls, directory: Path, session_id: str) -> CertificateAuthority:
+        """The session's CA: made by the first worker that asks, read by the others."""
+        cert_path, key_path = directory / "ca.pem", directory / "ca-key.pem"
+        with locked(directory / "ca.lock"):
+            if cert_path.exists() and key_path.exists():
+                cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+                key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+                assert isinstance(key, ec.EllipticCurvePrivateKey)
+                return cls(cert, key)
+            ca = cls.create(session_id)
+            _write_private(key_path, _key_pem(ca.key))
+            cert_path.write_bytes(_cert_pem(ca.cert))
+            return ca
+
+    def _issue(
+        self,
+        common_name: str,
+        usage: x509.ObjectIdentifier,
+        sans: list[x509.GeneralName],
+    ) -> tuple[bytes, bytes]:
+        key = _new_key()
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + _VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        return _cert_pem(cert), _key_pem(key)
+
+    def server_tls(self, hosts: Iterable[str]) -> ServerTLS:
+        """A server certificate valid for each of ``hosts`` (IP addresses or DNS names)."""
+        sans: list[x509.GeneralName] = []
+        for host in dict.fromkeys(hosts):
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        cert, key = self._issue("dockerd", ExtendedKeyUsageOID.SERVER_AUTH, sans)
+        return ServerTLS(ca_cert=_cert_pem(self.cert), cert=cert, key=key)
+
+    def client_tls(self, cert_dir: Path) -> ClientTLS:
+        """The session's client certificate in ``cert_dir`` (made once, under a lock)."""
+        tls = ClientTLS(cert_dir)
+        cert_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with locked(cert_dir.parent / (cert_dir.name + ".lock")):
+            if not tls.client_key.exists():
+                cert, key = self._issue("client", ExtendedKeyUsageOID.CLIENT_AUTH, [])
+                _write_private(tls.client_key, key)
+                tls.client_cert.write_bytes(cert)
+                tls.ca_cert.write_bytes(_cert_pem(self.cert))
+        return tls
