@@ -80,6 +80,15 @@ class Backend(abc.ABC):
     def object_name(self, suffix: str) -> str:
         return self.context.identity.name(f"{self.instance}-{suffix}")
 
+    @classmethod
+    def problems(cls, context: BackendContext) -> list[str]:
+        """Why this backend cannot work on this machine, each with what to do (doctor)."""
+        try:
+            context.host_client().close()
+        except DaemonUnavailable as exc:
+            return [str(exc)]
+        return []
+
     @abc.abstractmethod
     def start(self) -> Endpoint:
         """Launch the daemon and return its endpoint (it need not answer yet)."""
