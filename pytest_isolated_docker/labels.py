@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 PREFIX = "pytest-isolated-docker"
 SESSION = f"{PREFIX}.session"
@@ -13,6 +16,16 @@ WORKER = f"{PREFIX}.worker"
 PID = f"{PREFIX}.pid"
 ROLE = f"{PREFIX}.role"
 DAEMON = f"{PREFIX}.daemon"
+HOST = f"{PREFIX}.host"
+
+
+@functools.lru_cache(maxsize=None)
+def host_id() -> str:
+    """Identifies this machine, so a sweep never judges another host's pids (shared engines)."""
+    try:
+        return Path("/etc/machine-id").read_text().strip()[:16] or socket.gethostname()
+    except OSError:
+        return socket.gethostname()
 
 
 def new_session_id() -> str:
@@ -33,6 +46,7 @@ class Identity:
             SESSION: self.session_id,
             WORKER: self.worker,
             PID: str(self.pid),
+            HOST: host_id(),
             ROLE: role,
         }
 

@@ -19,6 +19,7 @@ from .daemon import DockerDaemon
 from .errors import DaemonUnavailable, IsolatedDockerError, StartupError
 from .images import ensure_on_host
 from .labels import Identity, new_session_id
+from .reaper import Watchdog, claim_session, remove_session_dir, sweep
 from .settings import OPTIONS, Settings, SettingsError, resolve
 
 DAEMON_FIXTURES = frozenset({"docker_daemon", "docker_test_daemon", "docker_client", "docker_env"})
@@ -41,10 +42,25 @@ class DockerSession:
         self._lock = threading.Lock()
         self._future: Optional[concurrent.futures.Future[DockerDaemon]] = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._watchdog: Optional[Watchdog] = None
         self.summaries: list[dict[str, Any]] = []
+
+    @property
+    def owns_session(self) -> bool:
+        """The controller (or a run without xdist) owns the session directory and its CA."""
+        return not hasattr(self.config, "workerinput")
+
+    def guard(self) -> None:
+        """Start this process's watchdog before it creates anything (once)."""
+        with self._lock:
+            if self._watchdog is None:
+                if self.owns_session:
+                    claim_session(self.context.session_dir, os.getpid())
+                self._watchdog = Watchdog.start(self.identity.session_id, self.owns_session)
 
     def start_in_background(self) -> None:
         """Begin starting the worker's daemon; collection and other tests go on meanwhile."""
+        self.guard()
         with self._lock:
             if self._future is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -89,6 +105,10 @@ class DockerSession:
             self.record(daemon, "worker")
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self.owns_session:
+            remove_session_dir(self.context.session_dir)
+        if self._watchdog is not None:
+            self._watchdog.dismiss()
 
 
 _session_key = pytest.StashKey[DockerSession]()
@@ -183,6 +203,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     state = session.config.stash[_session_key]
+    if state.owns_session:
+        state.guard()
+        threading.Thread(target=_sweep_stale, name="pytest-isolated-docker-sweep", daemon=True).start()
     if state.settings.preload and not hasattr(session.config, "workerinput"):
         # Once per run, before any test: a missing image is a configuration error, not N failures.
         try:
@@ -197,6 +220,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             ) from None
         finally:
             host.close()
+
+
+def _sweep_stale() -> None:
+    """Remove what earlier sessions that died left behind (their owner process is gone)."""
+    try:
+        client = docker.from_env(timeout=30)
+    except docker.errors.DockerException:
+        client = None
+    try:
+        sweep(client)
+    except (docker.errors.DockerException, OSError):
+        pass  # best effort; `pytest-isolated-docker prune` reports what it cannot remove
+    finally:
+        if client is not None:
+            client.close()
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -254,6 +292,7 @@ def docker_test_daemon(request: pytest.FixtureRequest) -> Iterator[DockerDaemon]
         context = BackendContext(
             _resolve_marker_backend(session.settings, backend), session.identity
         )
+    session.guard()
     daemon = _daemon_or_outcome(session, lambda: start_daemon(context))
     try:
         yield daemon
