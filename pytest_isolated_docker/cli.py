@@ -1,1 +1,121 @@
-def main(): pass
+"""``pytest-isolated-docker``: doctor, build-image and prune."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import docker
+import docker.errors
+
+from .backends import BackendContext, backend_class
+from .errors import IsolatedDockerError
+from .labels import Identity, new_session_id
+from .reaper import sweep
+from .settings import BACKENDS, SettingsError, settings_from_environment
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_environment(os.environ)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.backend:
+        settings = settings.replace(backend=args.backend)
+    context = BackendContext(settings, Identity(new_session_id()))
+    rows = [(name, backend_class(name).problems(context)) for name in BACKENDS]
+    width = max(len(name) for name in BACKENDS) + 2
+    print(f"{'backend':<{width}}{'status':<8}details")
+    for name, problems in rows:
+        marker = " (configured)" if name == settings.backend else ""
+        status = "ok" if not problems else "NO"
+        first, *rest = problems or ["ready to use" + marker]
+        print(f"{name:<{width}}{status:<8}{first}{marker if problems else ''}")
+        for line in rest:
+            print(f"{'':<{width + 8}}{line}")
+    if backend_class(settings.backend).unsafe:
+        print(
+            f"\nnote: the configured backend '{settings.backend}' is UNSAFE: code under test is "
+            "root on this host. It runs only with --docker-allow-unsafe."
+        )
+    configured_problems = dict(rows)[settings.backend]
+    return 0 if not configured_problems else 1
+
+
+def _build_image(args: argparse.Namespace) -> int:
+    from . import images
+
+    try:
+        host = docker.from_env(timeout=600)
+        host.ping()
+    except docker.errors.DockerException as exc:
+        print(f"error: the host's Docker engine does not answer ({exc})", file=sys.stderr)
+        return 1
+    try:
+        if args.recipe == "dind":
+            print(images.build_dind_image(host, quiet=args.quiet))
+        else:
+            build_vm = getattr(images, "build_vm_image", None)
+            if build_vm is None:
+                print("error: this version cannot build VM images yet", file=sys.stderr)
+                return 1
+            print(build_vm(host, quiet=args.quiet))
+    except IsolatedDockerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    try:
+        client: docker.DockerClient | None = docker.from_env(timeout=60)
+        assert client is not None
+        client.ping()
+    except docker.errors.DockerException as exc:
+        print(f"warning: host engine unreachable, only files are swept ({exc})", file=sys.stderr)
+        client = None
+    removed = sweep(client, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for item in removed:
+        print(f"{verb}: {item}")
+    print(f"{len(removed)} item(s) {verb} (sessions whose pytest process is gone)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pytest-isolated-docker",
+        description="Companion tool of the pytest-isolated-docker plugin.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    doctor = sub.add_parser(
+        "doctor",
+        help="Say which backends can work on this machine, why not, and what to do.",
+        description="Exit status 0 when the configured backend (PYTEST_DOCKER_BACKEND or "
+        "--backend, default dind) can work here.",
+    )
+    doctor.add_argument(
+        "--backend", choices=BACKENDS, help="check this backend as the configured one"
+    )
+    doctor.set_defaults(run=_doctor)
+    build = sub.add_parser(
+        "build-image", help="Build the dind image or the VM image from recipes in the package."
+    )
+    build.add_argument("recipe", choices=("dind", "vm"))
+    build.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+    build.set_defaults(run=_build_image)
+    prune = sub.add_parser(
+        "prune", help="Remove what dead test sessions left: labelled objects, VMs, files."
+    )
+    prune.add_argument("--dry-run", action="store_true", help="list, do not remove")
+    prune.set_defaults(run=_prune)
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,9 +6,9 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
@@ -30,7 +30,7 @@ class Endpoint:
     """How to reach a daemon: a ``tcp://`` or ``unix://`` URL and, for TCP, the client TLS files."""
 
     base_url: str
-    tls: Optional[ClientTLS] = None
+    tls: ClientTLS | None = None
 
     def env(self) -> dict[str, str]:
         """Environment for the docker CLI, compose and friends.
@@ -45,7 +45,7 @@ class Endpoint:
             "DOCKER_CONTEXT": "",
         }
 
-    def tls_config(self) -> Optional[docker.tls.TLSConfig]:
+    def tls_config(self) -> docker.tls.TLSConfig | None:
         if self.tls is None:
             return None
         return docker.tls.TLSConfig(
@@ -62,8 +62,8 @@ class Endpoint:
         _ignore_environment(client.api)
         return client
 
-    def ping(self, timeout: float) -> Optional[str]:
-        """One unversioned ``/_ping``: the daemon's API version, or None while it does not answer."""
+    def ping(self, timeout: float) -> str | None:
+        """One unversioned ``/_ping``: the daemon's API version, or None while it is not up."""
         api = docker.APIClient(
             base_url=self.base_url,
             tls=self.tls_config(),
@@ -91,7 +91,7 @@ def _ignore_environment(api: docker.APIClient) -> None:
 def wait_until_ready(
     endpoint: Endpoint,
     timeout: float,
-    failure: Callable[[], Optional[str]],
+    failure: Callable[[], str | None],
     diagnostics: Callable[[], str],
 ) -> str:
     """Poll ``/_ping`` with a short backoff until it answers; return the daemon's API version.
@@ -108,7 +108,9 @@ def wait_until_ready(
         reason = failure()
         waited = time.monotonic() - start
         if reason is not None:
-            raise StartupError("ready", f"the daemon stopped before answering: {reason}", diagnostics())
+            raise StartupError(
+                "ready", f"the daemon stopped before answering: {reason}", diagnostics()
+            )
         if waited > timeout:
             raise StartupError(
                 "ready",
@@ -156,7 +158,7 @@ class DockerDaemon:
         self.startup_seconds = startup_seconds
         self.preload_seconds = 0.0
         self.reset_stats = ResetStats()
-        self._client: Optional[docker.DockerClient] = None
+        self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._stopped = False
 

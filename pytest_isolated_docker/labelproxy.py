@@ -12,6 +12,7 @@ piped through untouched in both directions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,9 +20,8 @@ import socket
 import socketserver
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Optional
 
 _CREATE_PATH = re.compile(rb"^/(v[0-9.]+/)?(containers|networks|volumes)/create(\?|$)")
 _MAX_HEAD = 64 * 1024
@@ -30,7 +30,7 @@ _MAX_BODY = 16 * 1024 * 1024
 Connector = Callable[[], socket.socket]
 
 
-def connector_for(base_url: str, tls: Optional[ssl.SSLContext] = None) -> Connector:
+def connector_for(base_url: str, tls: ssl.SSLContext | None = None) -> Connector:
     """A function opening a fresh connection to ``unix://PATH`` or ``tcp://HOST:PORT``."""
     if base_url.startswith(("unix://", "http+unix://")):
         path = base_url.split("://", 1)[1]
@@ -129,13 +129,15 @@ class _Handler(socketserver.BaseRequestHandler):
                 return
             body = _add_labels(body, self.server.labels)
             keep = [
-                h for h, n in zip(headers, names) if n not in (b"content-length", b"transfer-encoding")
+                h
+                for h, n in zip(headers, names, strict=False)
+                if n not in (b"content-length", b"transfer-encoding")
             ]
             headers = [*keep, b"Content-Length: " + str(len(body)).encode()]
             names = [h.split(b":", 1)[0].strip().lower() for h in headers]
             body_prefix = body + after
         if not upgrade:
-            headers = [h for h, n in zip(headers, names) if n != b"connection"]
+            headers = [h for h, n in zip(headers, names, strict=False) if n != b"connection"]
             headers.append(b"Connection: close")
         try:
             upstream = self.server.connect()
@@ -161,10 +163,8 @@ def _copy(source: socket.socket, destination: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        try:
+        with contextlib.suppress(OSError):
             destination.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
 
 def _pipe_both_ways(client: socket.socket, upstream: socket.socket) -> None:
@@ -208,7 +208,5 @@ class LabelProxy(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         if self._thread.is_alive():
             self.shutdown()
         self.server_close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        except FileNotFoundError:
-            pass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ DAEMON = f"{PREFIX}.daemon"
 HOST = f"{PREFIX}.host"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def host_id() -> str:
     """Identifies this machine, so a sweep never judges another host's pids (shared engines)."""
     try:

@@ -9,7 +9,7 @@ import concurrent.futures
 import os
 import threading
 from collections.abc import Generator, Iterator
-from typing import Any, Optional
+from typing import Any, Literal
 
 import docker
 import pytest
@@ -40,9 +40,9 @@ class DockerSession:
         self.identity = identity
         self.context = BackendContext(settings, identity)
         self._lock = threading.Lock()
-        self._future: Optional[concurrent.futures.Future[DockerDaemon]] = None
-        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self._watchdog: Optional[Watchdog] = None
+        self._future: concurrent.futures.Future[DockerDaemon] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._watchdog: Watchdog | None = None
         self.summaries: list[dict[str, Any]] = []
 
     @property
@@ -74,7 +74,7 @@ class DockerSession:
         return self._future.result()
 
     @property
-    def started_daemon(self) -> Optional[DockerDaemon]:
+    def started_daemon(self) -> DockerDaemon | None:
         """The daemon if it started successfully, without waiting or starting one."""
         future = self._future
         if future is None or not future.done() or future.exception() is not None:
@@ -131,7 +131,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         else:
             kwargs["metavar"] = spec.metavar or "{" + ",".join(spec.choices) + "}"
         group.addoption(spec.flag, help=spec.help, **kwargs)
-        parser.addini(spec.ini, help=spec.help, type="linelist" if spec.is_list else "string")
+        ini_type: Literal["linelist", "string"] = "linelist" if spec.is_list else "string"
+        parser.addini(spec.ini, help=spec.help, type=ini_type)
 
 
 def _resolve_settings(config: pytest.Config) -> Settings:
@@ -164,8 +165,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is None and backend_class(settings.backend).unsafe:
         config.issue_config_time_warning(
             UnsafeDockerWarning(
-                f"--docker-backend={settings.backend} ({settings.sources['backend']}): tests get the "
-                "host's own Docker engine and any code under test is root on this host. Use "
+                f"--docker-backend={settings.backend} ({settings.sources['backend']}): tests get "
+                "the host's own Docker engine and any code under test is root on this host. Use "
                 "--docker-backend=dind or machine for isolation."
             ),
             stacklevel=2,
@@ -205,7 +206,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     state = session.config.stash[_session_key]
     if state.owns_session:
         state.guard()
-        threading.Thread(target=_sweep_stale, name="pytest-isolated-docker-sweep", daemon=True).start()
+        threading.Thread(
+            target=_sweep_stale, name="pytest-isolated-docker-sweep", daemon=True
+        ).start()
     if state.settings.preload and not hasattr(session.config, "workerinput"):
         # Once per run, before any test: a missing image is a configuration error, not N failures.
         try:
@@ -215,9 +218,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         try:
             ensure_on_host(host, state.settings.preload)
         except StartupError as exc:
-            raise pytest.UsageError(
-                f"{exc} (from {state.settings.sources['preload']})"
-            ) from None
+            raise pytest.UsageError(f"{exc} (from {state.settings.sources['preload']})") from None
         finally:
             host.close()
 
@@ -314,7 +315,7 @@ def _resolve_marker_backend(settings: Settings, backend: str) -> Settings:
 
 @pytest.fixture
 def docker_client(docker_test_daemon: DockerDaemon) -> Iterator[docker.DockerClient]:
-    """A ``docker.DockerClient`` connected to this test's isolated daemon (closed after the test)."""
+    """A ``docker.DockerClient`` for this test's isolated daemon (closed after the test)."""
     client = docker_test_daemon.new_client()
     try:
         yield client
@@ -386,4 +387,3 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             + (f" ({', '.join(facts['leaks'])})" if facts["leaks"] else "")
             + ("" if facts["label"] == "worker" else f" [{facts['label']}]")
         )
-

@@ -11,6 +11,7 @@ socket is handed to anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO
 
 import docker
 import docker.errors
@@ -32,7 +33,7 @@ from .labels import HOST, PID, SESSION, host_id
 OWNER_FILE = "owner.json"
 
 
-def _process_start_time(pid: int) -> Optional[str]:
+def _process_start_time(pid: int) -> str | None:
     """The start time of ``pid`` (field 22 of /proc/PID/stat), to tell a reused pid apart."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -41,7 +42,7 @@ def _process_start_time(pid: int) -> Optional[str]:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def process_alive(pid: int, start_time: Optional[str] = None) -> bool:
+def process_alive(pid: int, start_time: str | None = None) -> bool:
     current = _process_start_time(pid)
     if current is None:
         return False
@@ -87,10 +88,8 @@ def kill_vms(session_dir: Path, dry_run: bool = False) -> list[Removal]:
             continue  # the pid was reused by something that is not ours
         removed.append(Removal(f"qemu process {pid} ({pidfile.parent.name})"))
         if not dry_run:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     return removed
 
 
@@ -109,9 +108,15 @@ def _labelled(client: docker.DockerClient) -> dict[tuple[str, str], set[str]]:
     filters = {"label": [SESSION, f"{HOST}={host_id()}"]}
     found: dict[tuple[str, str], set[str]] = {}
     objects: Iterable[tuple[str, dict[str, str]]] = [
-        *((f"container {c['Names'][0].lstrip('/')}", c["Labels"]) for c in api.containers(all=True, filters=filters)),
+        *(
+            (f"container {c['Names'][0].lstrip('/')}", c["Labels"])
+            for c in api.containers(all=True, filters=filters)
+        ),
         *((f"network {n['Name']}", n["Labels"]) for n in api.networks(filters=filters)),
-        *((f"volume {v['Name']}", v["Labels"]) for v in api.volumes(filters=filters).get("Volumes") or []),
+        *(
+            (f"volume {v['Name']}", v["Labels"])
+            for v in api.volumes(filters=filters).get("Volumes") or []
+        ),
     ]
     for what, labels in objects:
         key = (labels.get(SESSION, ""), labels.get(PID, ""))
@@ -119,7 +124,7 @@ def _labelled(client: docker.DockerClient) -> dict[tuple[str, str], set[str]]:
     return found
 
 
-def sweep(client: Optional[docker.DockerClient], dry_run: bool = False) -> list[Removal]:
+def sweep(client: docker.DockerClient | None, dry_run: bool = False) -> list[Removal]:
     """Remove what sessions whose owning process is gone left on the host engine and on disk."""
     removed: list[Removal] = []
     if client is not None:
@@ -163,8 +168,14 @@ class Watchdog:
     def start(cls, session_id: str, owns_session: bool) -> Watchdog:
         read_end, write_end = os.pipe()
         args = [
-            sys.executable, "-m", "pytest_isolated_docker.reaper", "watch",
-            "--session", session_id, "--pid", str(os.getpid()),
+            sys.executable,
+            "-m",
+            "pytest_isolated_docker.reaper",
+            "watch",
+            "--session",
+            session_id,
+            "--pid",
+            str(os.getpid()),
         ]
         if owns_session:
             args.append("--owns-session")
@@ -208,7 +219,7 @@ def _watch(session_id: str, pid: int, owns_session: bool) -> int:
     return 0
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_isolated_docker.reaper")
     sub = parser.add_subparsers(dest="command", required=True)
     watch = sub.add_parser("watch")

@@ -8,9 +8,9 @@ import pytest: errors are :class:`SettingsError`, which the plugin turns into ``
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 ENV_PREFIX = "PYTEST_DOCKER_"
 INI_PREFIX = "docker_"
@@ -90,7 +90,7 @@ class OptionSpec:
     choices: tuple[str, ...] = ()
     is_flag: bool = False  # a switch on the command line (no value)
     is_list: bool = False  # repeatable flag, ini line list, comma-separated env
-    metavar: Optional[str] = None
+    metavar: str | None = None
 
     @property
     def flag(self) -> str:

@@ -7,21 +7,22 @@ methods of :class:`Backend`; it never looks at a backend's name.
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 import importlib
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import docker
 import docker.errors
 
 from ..coordination import session_dir
 from ..daemon import DockerDaemon, Endpoint, wait_until_ready
-from ..images import preload
 from ..errors import DaemonUnavailable, IsolatedDockerError
+from ..images import preload
 from ..labels import DAEMON, Identity
 from ..settings import Settings
 from ..tls import CertificateAuthority, ClientTLS
@@ -93,7 +94,7 @@ class Backend(abc.ABC):
     def start(self) -> Endpoint:
         """Launch the daemon and return its endpoint (it need not answer yet)."""
 
-    def failure(self) -> Optional[str]:
+    def failure(self) -> str | None:
         """Why the daemon can no longer come up, or None while it still may."""
         return None
 
@@ -121,25 +122,21 @@ class Backend(abc.ABC):
         """Load the configured images from the host engine into the started daemon."""
         if not self.settings.preload:
             return 0.0
-        host = self.context.host_client()
-        try:
+        with contextlib.closing(self.context.host_client()) as host:
             return preload(host, target, self.settings.preload)
-        finally:
-            host.close()
 
     def leftovers(self) -> list[str]:
         """What this daemon made that still exists (after :meth:`stop`, a leak)."""
-        host = self.context.host_client()
-        try:
+        with contextlib.closing(self.context.host_client()) as host:
             return describe_objects(host, {"label": [f"{DAEMON}={self.instance}"]})
-        finally:
-            host.close()
 
 
 def describe_objects(client: docker.DockerClient, filters: dict[str, list[str]]) -> list[str]:
     """``kind name`` of each container, network and volume matching ``filters``."""
     api = client.api
-    found = [f"container {c['Names'][0].lstrip('/')}" for c in api.containers(all=True, filters=filters)]
+    found = [
+        f"container {c['Names'][0].lstrip('/')}" for c in api.containers(all=True, filters=filters)
+    ]
     found += [f"network {n['Name']}" for n in api.networks(filters=filters)]
     found += [f"volume {v['Name']}" for v in api.volumes(filters=filters).get("Volumes") or []]
     return found
@@ -154,12 +151,11 @@ _BACKEND_MODULES = {
 
 def backend_class(name: str) -> type[Backend]:
     module = importlib.import_module(_BACKEND_MODULES[name])
-    cls = module.BACKEND
-    assert issubclass(cls, Backend)
+    cls: type[Backend] = module.BACKEND
     return cls
 
 
-def start_daemon(context: BackendContext, backend_name: Optional[str] = None) -> DockerDaemon:
+def start_daemon(context: BackendContext, backend_name: str | None = None) -> DockerDaemon:
     """Start a daemon with the configured (or the given) backend and wait until it answers.
 
     Whatever the backend made is removed again if any step fails, Ctrl-C included.

@@ -8,13 +8,14 @@ in, and only then does dockerd start, listening with ``--tlsverify`` on a port p
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
 import sys
 import tarfile
 import time
-from typing import Any, Optional
+from typing import Any
 
 import docker
 import docker.errors
@@ -24,7 +25,7 @@ from ..coordination import cache_dir, locked, read_json, write_json
 from ..daemon import Endpoint
 from ..errors import StartupError
 from ..tls import ServerTLS
-from . import Backend
+from . import Backend, BackendContext
 
 DOCKERD_PORT = 2376
 
@@ -99,7 +100,7 @@ def _certs_archive(server: ServerTLS) -> bytes:
     return buffer.getvalue()
 
 
-def own_container(host: docker.DockerClient) -> Optional[Container]:
+def own_container(host: docker.DockerClient) -> Container | None:
     """The container this process runs in, if it is one of the host engine's.
 
     Docker sets a container's hostname to its short ID and creates ``/.dockerenv``; asking the
@@ -129,7 +130,8 @@ def pull_with_progress(host: docker.DockerClient, image: str, hint: str) -> None
                 last = status
     except docker.errors.DockerException as exc:
         raise StartupError(
-            "pull", f"image {image!r} is not on the host engine and cannot be pulled ({exc}). {hint}"
+            "pull",
+            f"image {image!r} is not on the host engine and cannot be pulled ({exc}). {hint}",
         ) from exc
 
 
@@ -138,10 +140,27 @@ class DindBackend(Backend):
 
     name = "dind"
 
-    _host: Optional[docker.DockerClient] = None
-    _container: Optional[Container] = None
-    _volume: Optional[str] = None
+    _host: docker.DockerClient | None = None
+    _container: Container | None = None
+    _volume: str | None = None
     _mode = ""
+
+    @classmethod
+    def problems(cls, context: BackendContext) -> list[str]:
+        found = super().problems(context)
+        if found:
+            return found
+        image = context.settings.dind_image
+        with contextlib.closing(context.host_client()) as host:
+            try:
+                host.images.get(image)
+            except docker.errors.ImageNotFound:
+                found.append(
+                    f"dind image {image!r} is not in the host engine; it is pulled at the first "
+                    "start when a registry is reachable. Offline: `pytest-isolated-docker "
+                    "build-image dind`, then PYTEST_DOCKER_DIND_IMAGE=pytest-isolated-docker/dind"
+                )
+        return found
 
     def start(self) -> Endpoint:
         self._host = host = self.context.host_client()
@@ -206,9 +225,7 @@ class DindBackend(Backend):
                 self._mode = "privileged"
                 return container
             except docker.errors.APIError as exc:
-                if choice == "always" or not any(
-                    h in str(exc) for h in PRIVILEGED_REFUSED_HINTS
-                ):
+                if choice == "always" or not any(h in str(exc) for h in PRIVILEGED_REFUSED_HINTS):
                     raise StartupError(
                         "start",
                         f"the engine refused the privileged dind container: {exc}. "
@@ -218,8 +235,10 @@ class DindBackend(Backend):
                     with locked(memo_path.with_suffix(".lock")):
                         write_json(memo_path, {"refused": str(exc)})
         container = self._create_and_start(host, image, CAPABILITY_RECIPE)
-        self._mode = "capabilities (--privileged refused by the engine)" if choice == "auto" else (
-            "capabilities"
+        self._mode = (
+            "capabilities (--privileged refused by the engine)"
+            if choice == "auto"
+            else ("capabilities")
         )
         return container
 
@@ -257,7 +276,7 @@ class DindBackend(Backend):
         networks = self._container.attrs["NetworkSettings"]["Networks"] or {}
         return [n["IPAddress"] for n in networks.values() if n.get("IPAddress")]
 
-    def failure(self) -> Optional[str]:
+    def failure(self) -> str | None:
         if self._container is None:
             return None
         try:
@@ -266,7 +285,9 @@ class DindBackend(Backend):
             return "its container was removed"
         state = self._container.attrs["State"]
         if state["Status"] in ("exited", "dead"):
-            return f"container {self._container.name} {state['Status']} with code {state['ExitCode']}"
+            return (
+                f"container {self._container.name} {state['Status']} with code {state['ExitCode']}"
+            )
         return None
 
     def diagnostics(self) -> str:
@@ -284,7 +305,8 @@ class DindBackend(Backend):
         if self._container is None:
             return "(no container)"
         try:
-            return self._container.logs(tail=tail).decode(errors="replace")
+            raw: bytes = self._container.logs(tail=tail)
+            return raw.decode(errors="replace")
         except docker.errors.DockerException as exc:
             return f"(log unavailable: {exc})"
 
@@ -296,16 +318,12 @@ class DindBackend(Backend):
         if host is None:
             return
         if self._container is not None:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 self._container.remove(force=True, v=True)
-            except docker.errors.NotFound:
-                pass
             self._container = None
         if self._volume is not None:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 host.volumes.get(self._volume).remove(force=True)
-            except docker.errors.NotFound:
-                pass
             self._volume = None
         host.close()
         self._host = None

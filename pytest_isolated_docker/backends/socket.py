@@ -8,9 +8,9 @@ exactly those and never anything that existed before or belongs to another worke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
-from typing import Optional
 
 import docker
 
@@ -18,7 +18,7 @@ from ..daemon import Endpoint, remove_objects
 from ..errors import UnsafeBackendRefused
 from ..labelproxy import LabelProxy, connector_for
 from ..labels import DAEMON
-from . import Backend
+from . import Backend, BackendContext
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 
@@ -35,7 +35,7 @@ def host_engine_url() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
 
 
-def _host_tls() -> Optional[ssl.SSLContext]:
+def _host_tls() -> ssl.SSLContext | None:
     if not os.environ.get("DOCKER_TLS_VERIFY"):
         return None
     cert_path = os.environ.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker")
@@ -50,7 +50,16 @@ class SocketBackend(Backend):
     name = "socket"
     unsafe = True
 
-    _proxy: Optional[LabelProxy] = None
+    _proxy: LabelProxy | None = None
+
+    @classmethod
+    def problems(cls, context: BackendContext) -> list[str]:
+        found = super().problems(context)
+        if not context.settings.allow_unsafe:
+            found.append(
+                "needs the explicit opt-in --docker-allow-unsafe (PYTEST_DOCKER_ALLOW_UNSAFE=1)"
+            )
+        return found
 
     def start(self) -> Endpoint:
         if not self.settings.allow_unsafe:
@@ -68,7 +77,7 @@ class SocketBackend(Backend):
         return 0.0  # the tests use the host engine itself: its images are already there
 
     def logs(self, tail: int) -> str:
-        return f"(the host engine's log is not read by the socket backend; engine: {host_engine_url()})"
+        return f"(the socket backend does not read the host engine's log: {host_engine_url()})"
 
     def owned_filters(self) -> dict[str, list[str]]:
         return {"label": [f"{DAEMON}={self.instance}"]}
@@ -79,11 +88,10 @@ class SocketBackend(Backend):
     def stop(self) -> None:
         if self._proxy is None:
             return
-        host = self.context.host_client()
         try:
-            remove_objects(host, self.owned_filters())
+            with contextlib.closing(self.context.host_client()) as host:
+                remove_objects(host, self.owned_filters())
         finally:
-            host.close()
             self._proxy.stop()
             self._proxy = None
 
