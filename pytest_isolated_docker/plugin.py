@@ -250,9 +250,11 @@ def _daemon_or_outcome(session: DockerSession, start: Any) -> DockerDaemon:
         return daemon
     except (IsolatedDockerError, docker.errors.DockerException) as exc:
         reason = f"pytest-isolated-docker: no {session.settings.backend} daemon: {exc}"
-        if session.settings.unavailable == "skip" and isinstance(exc, DaemonUnavailable):
-            pytest.skip(reason)
-        pytest.fail(reason, pytrace=False)
+        skip = session.settings.unavailable == "skip" and isinstance(exc, DaemonUnavailable)
+    # Outside the except block, so that the report shows the reason, not a chain of tracebacks.
+    if skip:
+        pytest.skip(reason)
+    pytest.fail(reason, pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,38 @@
+"""Shared helpers of the test suite. Every test talks to real engines: no mocks of Docker."""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+
+import docker
+import pytest
+
+from pytest_isolated_docker.backends import describe_objects
+from pytest_isolated_docker.labels import SESSION
+
+
+@pytest.fixture(scope="session")
+def host_engine() -> collections.abc.Iterator[docker.DockerClient]:
+    """The host's engine, to check what a run left behind (read-mostly)."""
+    client = docker.from_env()
+    try:
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"the host engine must run for this suite (make test starts it): {exc}")
+    with contextlib.closing(client):
+        yield client
+
+
+def labelled(host: docker.DockerClient, session: str | None = None) -> list[str]:
+    """Objects on the host engine carrying our session label (of one session, or of any)."""
+    label = f"{SESSION}={session}" if session else SESSION
+    return describe_objects(host, {"label": [label]})
+
+
+def session_of(output: str) -> str:
+    """The session id a run printed in its report header."""
+    for line in output.splitlines():
+        if line.startswith("isolated-docker: backend="):
+            return line.rsplit("session=", 1)[1].strip()
+    raise AssertionError(f"no isolated-docker header in:\n{output}")

@@ -1,0 +1,229 @@
+"""The dind backend against the real host engine: isolation, TLS, reset, diagnostics, cleanup."""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+import os
+import socket
+import ssl
+import stat
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from pytest_isolated_docker.backends import BackendContext, start_daemon
+from pytest_isolated_docker.daemon import DockerDaemon
+from pytest_isolated_docker.labels import Identity, new_session_id
+from pytest_isolated_docker.settings import resolve
+
+from .conftest import labelled, session_of
+
+RECORDING_TESTS = """
+import os, pathlib
+
+def test_create(docker_client):
+    record = pathlib.Path(os.environ["RECORD_DIR"]) / os.environ.get("PYTEST_XDIST_WORKER", "main")
+    record.write_text(docker_client.info()["ID"])
+    docker_client.containers.create("debian:bookworm-slim", "true", name="left-by-previous-test")
+    docker_client.networks.create("net-left-by-previous-test")
+    docker_client.volumes.create("volume-left-by-previous-test")
+
+def test_gone_in_the_next_test(docker_client):
+    assert docker_client.containers.list(all=True) == []
+    assert sorted(n.name for n in docker_client.networks.list()) == ["bridge", "host", "none"]
+    assert docker_client.volumes.list() == []
+    # images stay: they are the cache
+    assert docker_client.images.get("debian:bookworm-slim")
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon() -> collections.abc.Iterator[DockerDaemon]:
+    """A dind daemon started through the engine API, without pytest's plugin layer."""
+    settings = resolve({"preload": ["debian:bookworm-slim"]}, os.environ, {})
+    started = start_daemon(BackendContext(settings, Identity(new_session_id(), "tests")))
+    try:
+        yield started
+    finally:
+        assert started.stop() == []
+
+
+def test_two_workers_get_two_daemons_and_tests_are_isolated(
+    pytester: pytest.Pytester, host_engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_one=RECORDING_TESTS, test_two=RECORDING_TESTS)
+    result = _run(pytester, tmp_path, "-n", "2", "--dist", "loadfile")
+    result.assert_outcomes(passed=4)
+    ids = {p.name: p.read_text() for p in tmp_path.joinpath("records").iterdir()}
+    assert set(ids) == {"gw0", "gw1"}
+    assert ids["gw0"] != ids["gw1"], "each worker must have a daemon of its own"
+    assert labelled(host_engine, session_of(result.stdout.str())) == []
+    result.stdout.fnmatch_lines(
+        ["*gw0: dind*leaks at teardown: 0*", "*gw1: dind*leaks at teardown: 0*"]
+    )
+
+
+def _run(pytester: pytest.Pytester, tmp_path: Path, *args: str) -> pytest.RunResult:
+    records = tmp_path / "records"
+    records.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RECORD_DIR", str(records))
+        return pytester.runpytest_subprocess(
+            "--docker-preload", "debian:bookworm-slim", *args, timeout=300
+        )
+
+
+def test_published_on_loopback_only(daemon: DockerDaemon, host_engine: docker.DockerClient) -> None:
+    assert daemon.base_url.startswith("tcp://127.0.0.1:")
+    port = daemon.base_url.rsplit(":", 1)[1]
+    (container,) = host_engine.containers.list(
+        filters={"label": "pytest-isolated-docker.role=dind", "publish": f"{port}/tcp"}
+    )
+    bindings = container.attrs["NetworkSettings"]["Ports"]["2376/tcp"]
+    assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}
+
+
+def test_client_without_certificate_is_refused(daemon: DockerDaemon) -> None:
+    assert daemon.endpoint.tls is not None
+    url = daemon.base_url.replace("tcp://", "https://") + "/_ping"
+    # The server is verified, but we present no client certificate.
+    session = requests.Session()
+    session.trust_env = False
+    with pytest.raises(requests.exceptions.SSLError):
+        session.get(url, verify=str(daemon.endpoint.tls.ca_cert), timeout=5)
+    # Plain HTTP gets no API either.
+    host, port = daemon.base_url.removeprefix("tcp://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"OK" not in raw.recv(4096)
+    # And with the certificate it answers.
+    context = ssl.create_default_context(cafile=str(daemon.endpoint.tls.ca_cert))
+    context.load_cert_chain(
+        str(daemon.endpoint.tls.client_cert), str(daemon.endpoint.tls.client_key)
+    )
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b"OK" in tls.recv(4096)
+
+
+def test_private_keys_are_0600(daemon: DockerDaemon) -> None:
+    tls = daemon.endpoint.tls
+    assert tls is not None
+    session_dir = tls.cert_dir.parent
+    for key in (tls.client_key, session_dir / "ca-key.pem"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+    assert stat.S_IMODE(session_dir.stat().st_mode) == 0o700
+
+
+def test_env_drives_the_docker_cli(daemon: DockerDaemon) -> None:
+    import subprocess
+
+    env = {**os.environ, **daemon.env}
+    out = subprocess.run(
+        ["docker", "info", "--format", "{{.ID}}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == daemon.client.info()["ID"]
+
+
+def test_reset_removes_objects_but_keeps_images(daemon: DockerDaemon) -> None:
+    client = daemon.client
+    for _ in range(3):
+        client.containers.create("debian:bookworm-slim", "true")
+    client.networks.create("reset-net")
+    client.volumes.create("reset-volume")
+    stats = daemon.reset()
+    assert (stats.containers, stats.networks, stats.volumes) == (3, 1, 1)
+    assert client.containers.list(all=True) == []
+    assert client.images.get("debian:bookworm-slim")
+
+
+def test_fresh_marker_gives_a_daemon_of_its_own(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_session(docker_daemon, docker_client):
+            assert docker_client.info()["ID"] == docker_daemon.client.info()["ID"]
+
+        @pytest.mark.docker_daemon(fresh=True)
+        def test_fresh(docker_daemon, docker_test_daemon, docker_client):
+            assert docker_test_daemon is not docker_daemon
+            assert docker_client.info()["ID"] != docker_daemon.client.info()["ID"]
+            assert docker_client.info()["ID"] == docker_test_daemon.client.info()["ID"]
+
+        @pytest.mark.docker_daemon(bogus=1)
+        def test_bad_marker(docker_client):
+            pass
+        """
+    )
+    result = _run(pytester, tmp_path, "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*unknown arguments [[]'bogus'[]]*", "*leaks at teardown: 0 [[]fresh for *test_fresh[]]*"]
+    )
+
+
+def test_failing_test_gets_the_daemon_log(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makepyfile(
+        """
+        def test_fails(docker_client):
+            docker_client.ping()
+            assert False, "on purpose"
+        """
+    )
+    result = _run(pytester, tmp_path)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*docker daemon log (last 50 lines)*", "*API listen on*"])
+
+
+def test_image_without_dockerd(pytester: pytest.Pytester, host_engine: docker.DockerClient) -> None:
+    pytester.makepyfile("def test_one(docker_client): pass")
+    result = pytester.runpytest_subprocess(
+        "--docker-dind-image=debian:bookworm-slim", "--docker-startup-timeout=30", timeout=120
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*[[]ready[]] the daemon stopped before answering*exited*", "*dockerd*not found*"]
+    )
+    assert labelled(host_engine, session_of(result.stdout.str())) == []
+
+
+def test_missing_unpullable_image(
+    pytester: pytest.Pytester, host_engine: docker.DockerClient
+) -> None:
+    pytester.makepyfile("def test_one(docker_client): pass")
+    result = pytester.runpytest_subprocess(
+        "--docker-dind-image=pytest-isolated-docker/no-such-image:1", timeout=120
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*[[]pull[]] image 'pytest-isolated-docker/no-such-image:1'*cannot be pulled*"
+            "*build-image dind*"
+        ]
+    )
+    assert labelled(host_engine, session_of(result.stdout.str())) == []
+
+
+@pytest.mark.parametrize(("mode", "outcome"), [("error", "errors"), ("skip", "skipped")])
+def test_engine_unreachable(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, mode: str, outcome: str
+) -> None:
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{port}")
+    pytester.makepyfile("def test_one(docker_client): pass")
+    result = pytester.runpytest_subprocess(f"--docker-unavailable={mode}", "-rs", timeout=120)
+    result.assert_outcomes(**{outcome: 1})
+    result.stdout.fnmatch_lines(["*host's Docker engine does not answer*dev/provision-host*"])
