@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from importlib import resources
@@ -17,8 +21,9 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from .coordination import locked, state_root
+from .coordination import cache_dir, locked, state_root
 from .errors import StartupError
+from .settings import Settings
 
 _CHUNK = 1024 * 1024
 RECIPES = ("dind", "vm")
@@ -59,9 +64,7 @@ def ensure_on_host(host: docker.DockerClient, images: Iterable[str]) -> None:
         )
 
 
-def preload(
-    host: docker.DockerClient, target: docker.DockerClient, images: Sequence[str]
-) -> float:
+def preload(host: docker.DockerClient, target: docker.DockerClient, images: Sequence[str]) -> float:
     """Stream each image from ``host`` into ``target`` in parallel; return the seconds taken."""
     if not images:
         return 0.0
@@ -109,6 +112,14 @@ def recipe_hash(name: str) -> str:
 DIND_REPOSITORY = "pytest-isolated-docker/dind"
 
 
+def image_exists(host: docker.DockerClient, image: str) -> bool:
+    try:
+        host.images.get(image)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
 def dind_image_tag() -> str:
     return f"{DIND_REPOSITORY}:{recipe_hash('dind')}"
 
@@ -120,11 +131,13 @@ def build_dind_image(host: docker.DockerClient, quiet: bool = False) -> str:
     """
     tag = dind_image_tag()
     with locked(state_root() / "build-dind.lock"):
-        try:
-            host.images.get(tag)
-        except docker.errors.ImageNotFound:
+        if not image_exists(host, tag):
             for chunk in host.api.build(
-                path=str(recipe_dir("dind")), tag=tag, rm=True, forcerm=True, decode=True,
+                path=str(recipe_dir("dind")),
+                tag=tag,
+                rm=True,
+                forcerm=True,
+                decode=True,
                 labels={"pytest-isolated-docker.recipe": recipe_hash("dind")},
             ):
                 if "error" in chunk:
@@ -133,3 +146,160 @@ def build_dind_image(host: docker.DockerClient, quiet: bool = False) -> str:
                     sys.stderr.write(chunk["stream"])
         host.images.get(tag).tag(DIND_REPOSITORY, "latest")
     return tag
+
+
+# --- The machine backend's VM image: kernel, initramfs and an ext4 root disk --------------------
+
+VM_REPOSITORY = "pytest-isolated-docker/vm"
+VM_FILES = ("vmlinuz", "initrd.img", "disk.img")
+# Free space the guest's dockerd gets on its (copy-on-write, sparse) root disk.
+VM_DISK_HEADROOM = 4 * 1024**3
+
+
+def vm_image_key() -> str:
+    """Cache key of the VM image: its recipe and the dind recipe it is built from."""
+    return f"{recipe_hash('vm')}-{recipe_hash('dind')}"
+
+
+def default_vm_image_dir() -> Path:
+    return cache_dir() / "vm" / vm_image_key()
+
+
+def vm_image_dir(settings: Settings) -> Path:
+    """Where the qemu driver finds vmlinuz, initrd.img and disk.img."""
+    if settings.vm_image:
+        return Path(settings.vm_image).expanduser().resolve()
+    return default_vm_image_dir()
+
+
+def missing_vm_files(directory: Path) -> list[str]:
+    return [name for name in VM_FILES if not (directory / name).is_file()]
+
+
+def build_vm_image(host: docker.DockerClient, quiet: bool = False) -> Path:
+    """Build the VM image into the user cache unless it is there; return its directory.
+
+    The dind image is built first, then the vm recipe FROM it; the container's filesystem is
+    exported into a directory (as root, keeping owners and modes), made into an ext4 disk with
+    ``mkfs.ext4 -d``, and the kernel and initramfs are copied out of its /boot. Concurrent callers
+    build once (file lock); the result appears atomically (built in a temporary directory, renamed).
+    """
+    target = default_vm_image_dir()
+    if not missing_vm_files(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with locked(target.parent / f"{target.name}.lock"):
+        if not missing_vm_files(target):
+            return target
+        if os.geteuid() != 0:
+            raise StartupError(
+                "build",
+                "building the VM image needs root: the exported filesystem must keep its owners "
+                "and modes. Run `pytest-isolated-docker build-image vm` as root once (it is "
+                f"cached in {target}), or point --docker-vm-image at a directory holding "
+                f"{', '.join(VM_FILES)}.",
+            )
+        dind = build_dind_image(host, quiet=quiet)
+        tag = f"{VM_REPOSITORY}:{vm_image_key()}"
+        _build_recipe(host, "vm", tag, {"DIND_IMAGE": dind}, quiet)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            rootfs = work / "rootfs"
+            rootfs.mkdir()
+            _export_into(host, tag, rootfs)
+            _copy_boot_files(rootfs, work)
+            _make_disk(rootfs, work / "disk.img")
+            shutil.rmtree(rootfs)
+            if target.exists():  # an incomplete earlier image
+                shutil.rmtree(target)
+            os.replace(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _build_recipe(
+    host: docker.DockerClient, recipe: str, tag: str, buildargs: dict[str, str], quiet: bool
+) -> None:
+    try:
+        host.images.get(tag)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    for chunk in host.api.build(
+        path=str(recipe_dir(recipe)),
+        tag=tag,
+        rm=True,
+        forcerm=True,
+        decode=True,
+        buildargs=buildargs,
+        labels={"pytest-isolated-docker.recipe": recipe_hash(recipe)},
+    ):
+        if "error" in chunk:
+            raise StartupError("build", f"building {tag} failed: {chunk['error']}")
+        if not quiet and "stream" in chunk:
+            sys.stderr.write(chunk["stream"])
+
+
+def _export_into(host: docker.DockerClient, image: str, rootfs: Path) -> None:
+    """Extract the filesystem of a (never started) container of ``image`` into ``rootfs``."""
+    container = host.api.create_container(
+        image, command=["true"], labels={"pytest-isolated-docker.role": "vm-export"}
+    )
+    try:
+        with tempfile.TemporaryFile() as errors:
+            tar = subprocess.Popen(
+                ["tar", "-x", "-p", "--numeric-owner", "-C", str(rootfs)],
+                stdin=subprocess.PIPE,
+                stderr=errors,
+            )
+            assert tar.stdin is not None
+            try:
+                for chunk in host.api.export(container["Id"], chunk_size=_CHUNK):
+                    tar.stdin.write(chunk)
+            except BaseException:
+                tar.kill()
+                raise
+            finally:
+                tar.stdin.close()
+                tar.wait()
+            errors.seek(0)
+            message = errors.read().decode(errors="replace").strip()
+        if tar.returncode != 0:
+            raise StartupError("build", f"extracting {image} into {rootfs} failed: {message}")
+    finally:
+        host.api.remove_container(container["Id"], force=True, v=True)
+
+
+def _copy_boot_files(rootfs: Path, work: Path) -> None:
+    for pattern, name in (("vmlinuz-*", "vmlinuz"), ("initrd.img-*", "initrd.img")):
+        found = sorted((rootfs / "boot").glob(pattern))
+        if not found:
+            raise StartupError(
+                "build", f"the vm recipe left no /boot/{pattern}: is linux-image installed in it?"
+            )
+        shutil.copyfile(found[-1], work / name)
+
+
+def _make_disk(rootfs: Path, disk: Path) -> None:
+    used = sum((Path(d) / f).lstat().st_size for d, _, files in os.walk(rootfs) for f in files)
+    size_mib = (int(used * 1.2) + VM_DISK_HEADROOM) // 1024**2
+    free = shutil.disk_usage(disk.parent).free
+    if free < used * 1.3:
+        raise StartupError(
+            "build",
+            f"not enough disk space in {disk.parent}: the VM disk needs about "
+            f"{used * 1.3 / 1024**3:.1f} GiB, {free / 1024**3:.1f} GiB are free. Free some space "
+            "or set XDG_CACHE_HOME to a larger filesystem.",
+        )
+    result = subprocess.run(
+        ["mkfs.ext4", "-q", "-d", str(rootfs), "-L", "root", str(disk), f"{size_mib}M"],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise StartupError(
+            "build",
+            f"mkfs.ext4 -d failed ({result.returncode}): {result.stderr.strip()}. It needs "
+            "e2fsprogs >= 1.43 (apt-get install e2fsprogs) and free space for the disk.",
+        )

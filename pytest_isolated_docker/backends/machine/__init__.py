@@ -1,0 +1,125 @@
+"""The ``machine`` backend: a disposable VM per session or xdist worker (a CPU-level boundary).
+
+The backend holds what every VM driver shares (the Backend interface, diagnostics, teardown
+guarantees); a :class:`MachineDriver` only knows how to make, watch and remove its kind of VM.
+``--docker-machine-driver=qemu`` (default) is built in; any other name is a docker-machine driver
+driven through the ``docker-machine`` CLI.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar, Optional
+
+from ...daemon import Endpoint
+from ...errors import DaemonUnavailable
+from .. import Backend, BackendContext
+
+QEMU = "qemu"
+
+
+class MachineDriver(abc.ABC):
+    """Makes one VM running dockerd, tells how to reach it, and removes it again."""
+
+    #: Short description for reports ("qemu", "docker-machine <driver>").
+    kind: ClassVar[str]
+
+    def __init__(self, backend: MachineBackend) -> None:
+        self.backend = backend
+        self.context = backend.context
+        self.settings = backend.settings
+
+    @classmethod
+    @abc.abstractmethod
+    def problems(cls, context: BackendContext) -> list[str]:
+        """Why this driver cannot work here, each with what to do."""
+
+    @abc.abstractmethod
+    def start(self) -> Endpoint:
+        """Create and boot the VM; return the endpoint of its dockerd (it need not answer yet)."""
+
+    @abc.abstractmethod
+    def failure(self) -> str | None:
+        """Why the VM can no longer come up (it died), or None."""
+
+    @abc.abstractmethod
+    def state(self) -> str:
+        """One line on the VM for diagnostics: name, process, address, status."""
+
+    @abc.abstractmethod
+    def logs(self, tail: int) -> str:
+        """The last ``tail`` lines of the VM's log (its console, or the driver's output)."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Remove the VM and every file made for it. Idempotent."""
+
+    @abc.abstractmethod
+    def leftovers(self) -> list[str]:
+        """What still exists of this VM (after :meth:`stop`, a leak)."""
+
+    def details(self) -> dict[str, str]:
+        return {"mode": self.kind}
+
+
+def driver_class(name: str) -> type[MachineDriver]:
+    # Imported here: the driver modules import this package for MachineDriver.
+    if name == QEMU:
+        from .qemu import QemuDriver
+
+        return QemuDriver
+    from .docker_machine import DockerMachineDriver
+
+    return DockerMachineDriver
+
+
+class MachineBackend(Backend):
+    """A dockerd in a VM of its own: the built-in QEMU driver or a docker-machine driver."""
+
+    name = "machine"
+
+    def __init__(self, context: BackendContext) -> None:
+        super().__init__(context)
+        self.driver = driver_class(self.settings.machine_driver)(self)
+        self._started = False
+
+    @classmethod
+    def problems(cls, context: BackendContext) -> list[str]:
+        found = driver_class(context.settings.machine_driver).problems(context)
+        if context.settings.preload:
+            # Preloading streams images from the host engine; without preload none is needed.
+            try:
+                context.host_client().close()
+            except DaemonUnavailable as exc:
+                found.append(f"--docker-preload needs the host engine: {exc}")
+        return found
+
+    def start(self) -> Endpoint:
+        self._started = True
+        return self.driver.start()
+
+    def failure(self) -> str | None:
+        return self.driver.failure()
+
+    def diagnostics(self) -> str:
+        return (
+            f"{self.driver.state()}\n--- last 50 lines of the VM's log ---\n{self.driver.logs(50)}"
+        )
+
+    def logs(self, tail: int) -> str:
+        return self.driver.logs(tail)
+
+    def details(self) -> dict[str, str]:
+        return self.driver.details()
+
+    def stop(self) -> None:
+        if self._started:
+            self.driver.stop()
+
+    def leftovers(self) -> list[str]:
+        return self.driver.leftovers()
+
+
+BACKEND = MachineBackend
+
+__all__ = ["BACKEND", "MachineBackend", "MachineDriver", "driver_class"]

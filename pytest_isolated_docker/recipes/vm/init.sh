@@ -1,0 +1,63 @@
+#!/bin/sh
+# PID 1 of the machine backend's VM (kernel argument init=/sbin/pytest-isolated-docker-init).
+# Mounts the kernel filesystems, loads the modules dockerd needs, configures QEMU's user-mode
+# network, unpacks the certificates and daemon.json from the config disk (/dev/vdb, a tar made by
+# the plugin) and runs dockerd with mutual TLS on 0.0.0.0:2376. When dockerd exits, so does this
+# script: the kernel panics (panic=1) and QEMU, started with -no-reboot, exits.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+say() { echo "pytest-isolated-docker-init: $*"; }
+
+mountpoint -q /proc || mount -t proc proc /proc
+mountpoint -q /sys || mount -t sysfs sysfs /sys
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mountpoint -q /dev/pts || mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mountpoint -q /dev/shm || mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mountpoint -q /run || mount -t tmpfs -o mode=755 tmpfs /run
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup
+hostname pytest-isolated-docker-vm
+
+for module in virtio_net overlay bridge veth br_netfilter nf_nat nf_conntrack iptable_nat \
+        iptable_filter ip_tables xt_MASQUERADE xt_conntrack xt_addrtype; do
+    modprobe "$module" 2>/dev/null || say "module $module not loaded"
+done
+sysctl -qw net.ipv4.ip_forward=1
+
+ip link set lo up
+nic=""
+for attempt in $(seq 100); do
+    for path in /sys/class/net/*; do
+        name=${path##*/}
+        [ "$name" = lo ] || { nic=$name; break; }
+    done
+    [ -n "$nic" ] && break
+    sleep 0.05
+done
+if [ -z "$nic" ]; then
+    say "no network interface appeared"; ls /sys/class/net; exit 1
+fi
+ip addr add 10.0.2.15/24 dev "$nic"
+ip link set "$nic" up
+ip route add default via 10.0.2.2
+echo "nameserver 10.0.2.3" > /etc/resolv.conf
+say "network: $nic 10.0.2.15/24 via 10.0.2.2"
+
+mkdir -p /etc/pytest-isolated-docker /etc/docker
+if ! tar -xf /dev/vdb -C /etc/pytest-isolated-docker; then
+    say "cannot read the config disk /dev/vdb"; exit 1
+fi
+chmod 0600 /etc/pytest-isolated-docker/key.pem
+cp /etc/pytest-isolated-docker/daemon.json /etc/docker/daemon.json
+
+say "starting dockerd"
+dockerd \
+    --host=tcp://0.0.0.0:2376 --host=unix:///var/run/docker.sock \
+    --tlsverify \
+    --tlscacert=/etc/pytest-isolated-docker/ca.pem \
+    --tlscert=/etc/pytest-isolated-docker/cert.pem \
+    --tlskey=/etc/pytest-isolated-docker/key.pem &
+dockerd_pid=$!
+# As PID 1 this shell also reaps orphans; it returns once dockerd itself has exited.
+while kill -0 "$dockerd_pid" 2>/dev/null; do wait; done
+say "dockerd exited"
