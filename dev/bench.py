@@ -1,0 +1,395 @@
+"""`make bench`: measured in one run, printed as a table, written to bench-results.json.
+
+Rows (p50/p90 over at least 5 runs each):
+  (a) floor: a bare dockerd on the host in its own network namespace to first /_ping, plus
+      `docker run --rm` of a trivial container on the host engine;
+  (b) the dind backend, request to a ready client;
+  (c) the official docker:dind way in the same image: openssl RSA-4096 CA/server/client, then
+      dockerd --tlsverify, to the first TLS handshake;
+  (d) reset of an empty daemon and of one with 20 containers;
+  (e) a session of container tests with -n 2 against -n 1;
+  preload of a ~100 MB image against a raw `docker save | docker load` between the same engines;
+  the machine backend's rows when dev/bench_machine.py is present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pytest_isolated_docker.backends import BackendContext, start_daemon  # noqa: E402
+from pytest_isolated_docker.backends.dind import CAPABILITY_RECIPE  # noqa: E402
+from pytest_isolated_docker.daemon import DockerDaemon  # noqa: E402
+from pytest_isolated_docker.images import preload  # noqa: E402
+from pytest_isolated_docker.labels import Identity, new_session_id  # noqa: E402
+from pytest_isolated_docker.settings import resolve  # noqa: E402
+
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+ROOT = Path(__file__).resolve().parent.parent
+BASE_IMAGE = "debian:bookworm-slim"
+PRELOAD_IMAGE = "pytest-isolated-docker-bench/hundred-mb:1"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def row(name: str, samples: list[float], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "runs": len(samples),
+        "p50": statistics.median(samples),
+        "p90": percentile(samples, 0.9),
+        "samples": [round(s, 4) for s in samples],
+        **extra,
+    }
+
+
+def timed(action: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def settings_for_bench(**flags: Any) -> Any:
+    return resolve(flags, os.environ, {})
+
+
+def new_context(**flags: Any) -> BackendContext:
+    return BackendContext(settings_for_bench(**flags), Identity(new_session_id(), "bench"))
+
+
+# (a) -------------------------------------------------------------------------------------------
+def bare_dockerd_to_ping() -> float:
+    """A dockerd of its own (data, exec root, pidfile, socket) in a new network namespace."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-dockerd-", dir="/var/tmp"))
+    sock = workdir / "docker.sock"
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [
+            "unshare",
+            "--net",
+            "dockerd",
+            f"--data-root={workdir / 'data'}",
+            f"--exec-root={workdir / 'x'}",
+            f"--pidfile={workdir / 'pid'}",
+            f"--host=unix://{sock}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = docker.APIClient(base_url=f"unix://{sock}", version="1.24", timeout=2)
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError("bare dockerd exited")
+            with contextlib.suppress(Exception):
+                if sock.exists() and client.get(client.base_url + "/_ping").status_code == 200:
+                    break
+            time.sleep(0.005)
+        return time.perf_counter() - start
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        subprocess.run(["umount", "-R", str(workdir / "data")], stderr=subprocess.DEVNULL)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def host_docker_run() -> float:
+    return timed(
+        lambda: subprocess.run(
+            ["docker", "run", "--rm", BASE_IMAGE, "true"], check=True, stdout=subprocess.DEVNULL
+        )
+    )
+
+
+# (b) -------------------------------------------------------------------------------------------
+def dind_ready() -> tuple[float, DockerDaemon]:
+    context = new_context()
+    start = time.perf_counter()
+    daemon = start_daemon(context)
+    daemon.client.ping()
+    return time.perf_counter() - start, daemon
+
+
+# (c) -------------------------------------------------------------------------------------------
+OFFICIAL_TLS = r"""
+set -eu
+d=/certs
+mkdir -p $d/ca $d/server $d/client
+openssl genrsa -out $d/ca/key.pem 4096 2>/dev/null
+openssl req -new -key $d/ca/key.pem -out $d/ca/cert.pem -subj /CN=docker:dind-CA -x509 -days 825
+for who in server client; do
+    openssl genrsa -out $d/$who/key.pem 4096 2>/dev/null
+    openssl req -new -key $d/$who/key.pem -out $d/$who/csr.pem -subj /CN=docker:dind-$who
+    openssl x509 -req -in $d/$who/csr.pem -CA $d/ca/cert.pem -CAkey $d/ca/key.pem \
+        -CAcreateserial -out $d/$who/cert.pem -days 825 2>/dev/null
+done
+"""
+
+
+def official_image(host: docker.DockerClient, dind_image: str) -> str:
+    """The same dind image plus openssl (the official entrypoint's key generator)."""
+    tag = "pytest-isolated-docker-bench/dind-openssl:1"
+    dockerfile = (
+        f"FROM {dind_image}\nRUN apt-get update && apt-get install -y --no-install-recommends "
+        "openssl && rm -rf /var/lib/apt/lists/*\n"
+    )
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        host.images.get(tag)
+        return tag
+    host.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    return tag
+
+
+def official_way(host: docker.DockerClient, image: str) -> float:
+    script = OFFICIAL_TLS + textwrap.dedent(
+        """
+        exec dockerd --host=tcp://0.0.0.0:2376 --tlsverify --tlscacert=/certs/ca/cert.pem \
+            --tlscert=/certs/server/cert.pem --tlskey=/certs/server/key.pem
+        """
+    )
+    # The same cgroup preparation as ours, so that only the start-up way differs.
+    from pytest_isolated_docker.backends.dind import ENTRYPOINT
+
+    prepare = ENTRYPOINT.split("while [ ! -e /certs/ready ]")[0]
+    api = host.api
+    host_config = api.create_host_config(
+        port_bindings={2376: ("127.0.0.1", None)},
+        tmpfs={"/var/lib/docker": ""},
+        **CAPABILITY_RECIPE["host_config"],
+    )
+    host_config.update(CAPABILITY_RECIPE["raw_host_config"])
+    start = time.perf_counter()
+    created = api.create_container(
+        image,
+        entrypoint=["sh", "-c", prepare + script],
+        ports=[2376],
+        host_config=host_config,
+        labels={"pytest-isolated-docker-bench": "official"},
+    )
+    try:
+        api.start(created["Id"])
+        port = int(
+            api.inspect_container(created["Id"])["NetworkSettings"]["Ports"]["2376/tcp"][0][
+                "HostPort"
+            ]
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        while True:
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+                    with context.wrap_socket(raw):
+                        break  # dockerd answers TLS: its API listener is up
+            time.sleep(0.01)
+        return time.perf_counter() - start
+    finally:
+        api.remove_container(created["Id"], force=True, v=True)
+
+
+# (d) -------------------------------------------------------------------------------------------
+def reset_rows(daemon: DockerDaemon) -> list[dict[str, Any]]:
+    empty = [timed(daemon.reset) for _ in range(max(RUNS, 10))]
+    full = []
+    client = daemon.client
+    for _ in range(RUNS):
+        for _ in range(20):
+            client.containers.run(BASE_IMAGE, "sleep 300", detach=True)
+        full.append(timed(daemon.reset))
+    return [
+        row("(d) reset, empty daemon", empty, target="<= 0.050 s"),
+        row("(d) reset, 20 running containers", full),
+    ]
+
+
+# (e) -------------------------------------------------------------------------------------------
+SESSION_SUITE = """
+import pytest
+
+@pytest.mark.parametrize("i", range(8))
+def test_container(docker_client, i):
+    assert docker_client.containers.run("debian:bookworm-slim", ["echo", str(i)]) == f"{i}\\n".encode()
+"""
+
+
+def session_time(workers: int, suite: Path) -> float:
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite)]
+    args += ["--docker-preload", BASE_IMAGE, "-c", os.devnull, "--rootdir", str(suite.parent)]
+    if workers > 1:
+        args += ["-n", str(workers)]
+    start = time.perf_counter()
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, cwd=suite.parent)
+    return time.perf_counter() - start
+
+
+# preload ---------------------------------------------------------------------------------------
+def hundred_mb_image(host: docker.DockerClient) -> str:
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        host.images.get(PRELOAD_IMAGE)
+        return PRELOAD_IMAGE
+    with tempfile.TemporaryDirectory() as context:
+        Path(context, "blob").write_bytes(os.urandom(100 * 1024 * 1024))
+        Path(context, "Dockerfile").write_text("FROM scratch\nCOPY blob /blob\n")
+        host.images.build(path=context, tag=PRELOAD_IMAGE, rm=True)
+    return PRELOAD_IMAGE
+
+
+def raw_save_load(daemon: DockerDaemon, image: str) -> float:
+    env = {**os.environ, **daemon.env}
+    start = time.perf_counter()
+    save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+    subprocess.run(
+        ["docker", "load", "-q"], stdin=save.stdout, env=env, check=True, stdout=subprocess.DEVNULL
+    )
+    assert save.wait() == 0
+    return time.perf_counter() - start
+
+
+def preload_rows(host: docker.DockerClient) -> list[dict[str, Any]]:
+    image = hundred_mb_image(host)
+    ours: list[float] = []
+    raw: list[float] = []
+    first_second: list[tuple[float, float]] = []
+    with dind_daemons(2) as (one, two):
+        for _ in range(RUNS):
+            for daemon in (one, two):
+                with contextlib.suppress(docker.errors.ImageNotFound):
+                    daemon.client.images.remove(image, force=True)
+            raw.append(raw_save_load(one, image))
+            one.client.images.remove(image, force=True)
+            ours.append(preload(host, one.client, [image]))
+            first_second.append((ours[-1], preload(host, two.client, [image])))
+    p50_ours, p50_raw = statistics.median(ours), statistics.median(raw)
+    return [
+        row(
+            "preload ~100 MB: pytest-isolated-docker (API stream)",
+            ours,
+            ratio_to_raw=round(p50_ours / p50_raw, 3),
+            target="<= 1.3 x raw",
+        ),
+        row("preload ~100 MB: raw docker save | docker load", raw),
+        row(
+            "preload ~100 MB: second daemon right after the first",
+            [second for _, second in first_second],
+            target="not slower than the first",
+        ),
+    ]
+
+
+@contextlib.contextmanager
+def dind_daemons(count: int) -> Iterator[list[DockerDaemon]]:
+    daemons = [start_daemon(new_context()) for _ in range(count)]
+    try:
+        yield daemons
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+
+
+# -----------------------------------------------------------------------------------------------
+def main() -> int:
+    host = docker.from_env(timeout=600)
+    dind_image = settings_for_bench().dind_image
+    rows: list[dict[str, Any]] = []
+
+    print(f"benchmarking on {os.cpu_count()} cores, {RUNS} runs per row ...", file=sys.stderr)
+    bare = [bare_dockerd_to_ping() for _ in range(RUNS)]
+    run = [host_docker_run() for _ in range(RUNS)]
+    floor = [b + r for b, r in zip(bare, run)]
+    rows.append(row("(a) floor: bare dockerd in a netns to /_ping", bare))
+    rows.append(row("(a) floor: docker run --rm on the host engine", run))
+    rows.append(row("(a) floor: sum", floor))
+
+    dind: list[float] = []
+    for _ in range(RUNS):
+        seconds, daemon = dind_ready()
+        dind.append(seconds)
+        daemon.stop()
+    rows.append(
+        row(
+            "(b) dind backend: request to ready client",
+            dind,
+            target="<= 2 x (a)",
+            ratio_to_floor=round(statistics.median(dind) / statistics.median(floor), 3),
+        )
+    )
+
+    official = official_image(host, dind_image)
+    official_runs = [official_way(host, official) for _ in range(RUNS)]
+    rows.append(
+        row(
+            "(c) official docker:dind way (RSA-4096 openssl, same image + openssl)",
+            official_runs,
+            target=">= 3 x (b)",
+            ratio_to_dind=round(statistics.median(official_runs) / statistics.median(dind), 3),
+        )
+    )
+
+    with dind_daemons(1) as (daemon,):
+        preload(host, daemon.client, [BASE_IMAGE])
+        rows.extend(reset_rows(daemon))
+
+    with tempfile.TemporaryDirectory() as suite_dir:
+        suite = Path(suite_dir, "test_session.py")
+        suite.write_text(SESSION_SUITE)
+        one = [session_time(1, suite) for _ in range(RUNS)]
+        two = [session_time(2, suite) for _ in range(RUNS)]
+    rows.append(row("(e) session of 8 container tests, -n 1", one))
+    rows.append(
+        row(
+            "(e) session of 8 container tests, -n 2",
+            two,
+            ratio_to_n1=round(statistics.median(two) / statistics.median(one), 3),
+        )
+    )
+
+    rows.extend(preload_rows(host))
+
+    machine_bench = ROOT / "dev" / "bench_machine.py"
+    if machine_bench.exists() and os.environ.get("BENCH_MACHINE", "1") != "0":
+        sys.path.insert(0, str(machine_bench.parent))
+        import bench_machine  # type: ignore[import-not-found]
+
+        rows.extend(bench_machine.rows())
+
+    print_table(rows)
+    (ROOT / "bench-results.json").write_text(json.dumps({"runs": RUNS, "rows": rows}, indent=1))
+    print(f"\nwritten to {ROOT / 'bench-results.json'}")
+    return 0
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    width = max(len(r["name"]) for r in rows)
+    print(f"\n{'benchmark':<{width}}  {'p50 s':>8}  {'p90 s':>8}  runs  notes")
+    for r in rows:
+        notes = ", ".join(
+            f"{k}={v}" for k, v in r.items() if k not in ("name", "p50", "p90", "runs", "samples")
+        )
+        print(f"{r['name']:<{width}}  {r['p50']:8.3f}  {r['p90']:8.3f}  {r['runs']:>4}  {notes}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
