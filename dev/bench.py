@@ -36,12 +36,12 @@ import docker.errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_isolated_docker.backends import BackendContext, start_daemon  # noqa: E402
-from pytest_isolated_docker.backends.dind import CAPABILITY_RECIPE  # noqa: E402
-from pytest_isolated_docker.daemon import DockerDaemon  # noqa: E402
-from pytest_isolated_docker.images import preload  # noqa: E402
-from pytest_isolated_docker.labels import Identity, new_session_id  # noqa: E402
-from pytest_isolated_docker.settings import resolve  # noqa: E402
+from pytest_isolated_docker.backends import BackendContext, start_daemon
+from pytest_isolated_docker.backends.dind import CAPABILITY_RECIPE
+from pytest_isolated_docker.daemon import DockerDaemon
+from pytest_isolated_docker.images import preload
+from pytest_isolated_docker.labels import Identity, new_session_id
+from pytest_isolated_docker.settings import resolve
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,10 +200,12 @@ def official_way(host: docker.DockerClient, image: str) -> float:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         while True:
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
-                    with context.wrap_socket(raw):
-                        break  # dockerd answers TLS: its API listener is up
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
+                context.wrap_socket(raw),
+            ):
+                break  # dockerd answers TLS: its API listener is up
             time.sleep(0.01)
         return time.perf_counter() - start
     finally:
@@ -231,7 +233,8 @@ import pytest
 
 @pytest.mark.parametrize("i", range(8))
 def test_container(docker_client, i):
-    assert docker_client.containers.run("debian:bookworm-slim", ["echo", str(i)]) == f"{i}\\n".encode()
+    output = docker_client.containers.run("debian:bookworm-slim", ["echo", str(i)])
+    assert output == f"{i}\\n".encode()
 """
 
 
@@ -318,7 +321,7 @@ def main() -> int:
     print(f"benchmarking on {os.cpu_count()} cores, {RUNS} runs per row ...", file=sys.stderr)
     bare = [bare_dockerd_to_ping() for _ in range(RUNS)]
     run = [host_docker_run() for _ in range(RUNS)]
-    floor = [b + r for b, r in zip(bare, run)]
+    floor = [b + r for b, r in zip(bare, run, strict=False)]
     rows.append(row("(a) floor: bare dockerd in a netns to /_ping", bare))
     rows.append(row("(a) floor: docker run --rm on the host engine", run))
     rows.append(row("(a) floor: sum", floor))
