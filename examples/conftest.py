@@ -1,0 +1,95 @@
+"""Fixtures shared by the integration examples: where did a container really run?
+
+Every integration example starts a container with some tool (testcontainers, pytest-docker-tools,
+the docker CLI, compose, python-on-whales) and then asks both engines about it: the container must
+be known to the test's isolated daemon and unknown to the host's engine. A tool that silently
+talks to the host engine therefore fails its example.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import docker
+import docker.errors
+import pytest
+
+from pytest_isolated_docker import DockerDaemon
+
+
+@pytest.fixture
+def docker_client(docker_test_daemon: DockerDaemon) -> Iterator[docker.DockerClient]:
+    """A client of the test's isolated daemon, whoever else defines ``docker_client``.
+
+    pytest-docker-tools' plugin defines a session-scoped ``docker_client`` too
+    (``docker.from_env()``, the host's engine), and between two installed plugins the one pytest
+    registers last wins: that order follows how the packages happen to be installed. A fixture in
+    ``conftest.py`` always wins over plugins, so this override pins ``docker_client`` (for our
+    tests and for every pytest-docker-tools fixture) to the isolated daemon.
+    """
+    client = docker_test_daemon.new_client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def docker_py_env(docker_env: dict[str, str]) -> dict[str, str]:
+    """``docker_env`` for tools built on docker-py and requests (testcontainers, docker-compose v1).
+
+    requests lets ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``, which many CI images set to the
+    system's CA bundle, replace the CA that docker-py takes from ``DOCKER_CERT_PATH``: the TLS
+    handshake with the isolated daemon then fails with "unable to get local issuer certificate".
+    Blank values make requests fall back to the daemon's CA.
+    """
+    return {**docker_env, "REQUESTS_CA_BUNDLE": "", "CURL_CA_BUNDLE": ""}
+
+
+@pytest.fixture(scope="session")
+def host_engine() -> Iterator[docker.DockerClient]:
+    """The host's own engine, only to check that nothing ran there."""
+    client = docker.from_env()
+    with contextlib.closing(client):
+        yield client
+
+
+class Whereabouts:
+    """Asks the isolated daemon and the host engine where a container is."""
+
+    def __init__(
+        self, daemon: DockerDaemon, isolated: docker.DockerClient, host: docker.DockerClient
+    ) -> None:
+        self.daemon = daemon
+        self.isolated = isolated
+        self.host = host
+
+    def assert_isolated(self, container: str) -> None:
+        """``container`` (an id or a name) is in the isolated daemon and not in the host engine."""
+        try:
+            self.isolated.containers.get(container)
+        except docker.errors.NotFound:
+            pytest.fail(f"container {container} is not in the isolated daemon: where did it run?")
+        if self.daemon.unsafe:
+            return  # the socket backend *is* the host engine: nothing more to tell apart
+        try:
+            self.host.containers.get(container)
+        except docker.errors.NotFound:
+            return
+        pytest.fail(f"container {container} ran in the host's engine, not in the isolated daemon")
+
+    def assert_engine_is_isolated(self, engine_id: str) -> None:
+        """``engine_id`` (``docker info``'s ID, as a tool reports it) is the isolated daemon's."""
+        assert engine_id == self.isolated.info()["ID"]
+        if not self.daemon.unsafe:
+            assert engine_id != self.host.info()["ID"]
+
+
+@pytest.fixture
+def whereabouts(
+    docker_test_daemon: DockerDaemon,
+    docker_client: docker.DockerClient,
+    host_engine: docker.DockerClient,
+) -> Whereabouts:
+    return Whereabouts(docker_test_daemon, docker_client, host_engine)
