@@ -9,7 +9,7 @@ driven through the ``docker-machine`` CLI.
 from __future__ import annotations
 
 import abc
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 from ...daemon import Endpoint
 from ...errors import DaemonUnavailable

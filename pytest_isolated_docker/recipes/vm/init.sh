@@ -5,7 +5,7 @@
 # the plugin) and runs dockerd with mutual TLS on 0.0.0.0:2376. When dockerd exits, so does this
 # script: the kernel panics (panic=1) and QEMU, started with -no-reboot, exits.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-say() { echo "pytest-isolated-docker-init: $*"; }
+say() { echo "pytest-isolated-docker-init: [$(cut -d" " -f1 /proc/uptime 2>/dev/null)] $*"; }
 
 mountpoint -q /proc || mount -t proc proc /proc
 mountpoint -q /sys || mount -t sysfs sysfs /sys
@@ -17,12 +17,12 @@ mountpoint -q /run || mount -t tmpfs -o mode=755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup
 hostname pytest-isolated-docker-vm
+say "filesystems mounted"
 
-for module in virtio_net overlay bridge veth br_netfilter nf_nat nf_conntrack iptable_nat \
-        iptable_filter ip_tables xt_MASQUERADE xt_conntrack xt_addrtype; do
-    modprobe "$module" 2>/dev/null || say "module $module not loaded"
-done
-sysctl -qw net.ipv4.ip_forward=1
+modprobe -a overlay bridge veth br_netfilter nf_nat nf_conntrack iptable_nat iptable_filter \
+    ip_tables xt_MASQUERADE xt_conntrack xt_addrtype || say "some modules did not load"
+echo 1 > /proc/sys/net/ipv4/ip_forward
+say "modules loaded"
 
 ip link set lo up
 nic=""

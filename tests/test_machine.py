@@ -1,0 +1,302 @@
+"""The machine backend with real VMs (QEMU) and real daemons: no mocks of Docker.
+
+Each test runs an inner pytest in a subprocess (``pytester``) the way a user would, then checks
+from the outside what it must not leave behind: QEMU processes, per-VM files, machines.
+The docker-machine driver is tested against ``tests/standins/docker-machine``, a stand-in
+executable (docker-machine cannot be installed here) that follows docker-machine's documented
+output formats and gives a real dockerd; a test against the real binary runs when it is on PATH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from pytest_isolated_docker.coordination import state_root
+from pytest_isolated_docker.images import build_vm_image
+
+STANDINS = Path(__file__).parent / "standins"
+PRELOAD = "--docker-preload=debian:bookworm-slim"
+# Generous: a VM boots under TCG on a 2-core machine other work shares. Not a timing assertion.
+STARTUP = "--docker-startup-timeout=400"
+SUBPROCESS_TIMEOUT = 900
+
+
+@pytest.fixture(scope="session")
+def host() -> Iterator[docker.DockerClient]:
+    client = docker.from_env(timeout=600)
+    try:
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"the host engine does not answer ({exc}): run dev/provision-host")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def vm_image(host: docker.DockerClient) -> Path:
+    """The VM image, built once (build_vm_image is cached and idempotent)."""
+    return build_vm_image(host, quiet=True)
+
+
+def session_of(result: pytest.RunResult) -> str:
+    match = re.search(r"isolated-docker: backend=\S+ .*session=(\S+)", result.stdout.str())
+    assert match, result.stdout.str()
+    return match.group(1)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if text in cmdline and "pytest" not in cmdline.split(" ")[0]:
+                found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+def assert_nothing_left(session: str) -> None:
+    """No QEMU process, per-VM directory or docker-machine state of ``session`` remains."""
+    directory = state_root() / "sessions" / session
+    leftovers = [str(p) for p in directory.glob("vm-*")] if directory.exists() else []
+    leftovers += [str(p) for p in directory.glob("docker-machine-*")] if directory.exists() else []
+    assert leftovers == []
+    assert [p for p in processes_mentioning(f"pid-{session}") if "qemu" in p] == []
+
+
+ISOLATION_TEST = """
+import os
+
+MARKER = "{marker}"
+
+def test_root_of_the_daemons_host_is_not_the_real_host(docker_client, docker_daemon):
+    assert docker_daemon.backend == "machine"
+    out = docker_client.containers.run(
+        "debian:bookworm-slim",
+        ["sh", "-c", f"echo written > /host/tmp/{{MARKER}} && cat /host/tmp/{{MARKER}}"],
+        volumes={{"/": {{"bind": "/host", "mode": "rw"}}}},
+        remove=True,
+    )
+    assert out.strip() == b"written"
+    # The file is on the daemon's host (seen by a second container) ...
+    seen = docker_client.containers.run(
+        "debian:bookworm-slim", ["ls", f"/host/tmp/{{MARKER}}"],
+        volumes={{"/": {{"bind": "/host", "mode": "ro"}}}}, remove=True,
+    )
+    assert seen.strip() == f"/host/tmp/{{MARKER}}".encode()
+    # ... and not on the host pytest runs on.
+    assert not os.path.exists(f"/tmp/{{MARKER}}")
+    assert "qemu" in docker_daemon.describe()["mode"]
+"""
+
+
+def test_container_writing_to_root_of_its_host_does_not_touch_the_real_host(
+    pytester: pytest.Pytester, vm_image: Path
+) -> None:
+    marker = f"pytest-isolated-docker-machine-{uuid.uuid4().hex}"
+    pytester.makepyfile(ISOLATION_TEST.format(marker=marker))
+    result = pytester.runpytest_subprocess(
+        "--docker-backend=machine", PRELOAD, STARTUP, "-p", "no:cacheprovider",
+        timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*machine qemu * vCPU at tcp://127.0.0.1:*leaks at teardown: 0*"])
+    assert not Path(f"/tmp/{marker}").exists()
+    assert_nothing_left(session_of(result))
+
+
+WORKER_TEST = """
+import os
+
+def test_record_daemon(docker_client):
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    with open(os.path.join("{out}", worker), "w") as handle:
+        handle.write(docker_client.info()["ID"])
+"""
+
+
+def test_two_workers_get_two_vms(pytester: pytest.Pytester, vm_image: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ids"
+    out.mkdir()
+    pytester.makepyfile(WORKER_TEST.format(out=out))
+    result = pytester.runpytest_subprocess(
+        "--docker-backend=machine", "-n", "2", "--dist=each", STARTUP, "-p", "no:cacheprovider",
+        timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+    result.assert_outcomes(passed=2)
+    ids = {path.name: path.read_text() for path in out.iterdir()}
+    assert sorted(ids) == ["gw0", "gw1"]
+    assert ids["gw0"] != ids["gw1"]
+    assert_nothing_left(session_of(result))
+
+
+NEEDS_DAEMON = """
+def test_needs_daemon(docker_client):
+    docker_client.ping()
+"""
+
+
+def test_qemu_missing_is_a_clear_error(
+    pytester: pytest.Pytester, vm_image: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    pytester.makepyfile(NEEDS_DAEMON)
+    result = pytester.runpytest_subprocess(
+        "--docker-backend=machine", "-p", "no:cacheprovider", timeout=SUBPROCESS_TIMEOUT
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*qemu-system-x86_64 not found on PATH*apt-get install qemu-system-x86*"]
+    )
+    assert_nothing_left(session_of(result))
+
+
+def test_vm_image_missing_is_a_clear_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    empty = tmp_path / "no-image"
+    empty.mkdir()
+    pytester.makepyfile(NEEDS_DAEMON)
+    result = pytester.runpytest_subprocess(
+        "--docker-backend=machine", f"--docker-vm-image={empty}", "-p", "no:cacheprovider",
+        timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*lacks vmlinuz, initrd.img, disk.img*pytest-isolated-docker build-image vm*"]
+    )
+    assert_nothing_left(session_of(result))
+
+
+def test_vm_that_dies_fails_fast_with_its_console(
+    pytester: pytest.Pytester, vm_image: Path, tmp_path: Path
+) -> None:
+    """A root disk that is not ext4: the guest panics, QEMU exits, and the error shows the
+    console; the startup timeout (400 s) is not waited out (the test would then time out)."""
+    broken = tmp_path / "broken-image"
+    broken.mkdir()
+    for name in ("vmlinuz", "initrd.img"):
+        (broken / name).symlink_to(vm_image / name)
+    with (broken / "disk.img").open("wb") as disk:
+        disk.truncate(64 * 1024 * 1024)
+    pytester.makepyfile(NEEDS_DAEMON)
+    result = pytester.runpytest_subprocess(
+        "--docker-backend=machine", f"--docker-vm-image={broken}", STARTUP,
+        "-p", "no:cacheprovider", timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*the daemon stopped before answering: QEMU exited*",
+            "*last 50 lines of the VM's log*",
+            "*initramfs: cannot mount the root disk /dev/vda*",
+        ]
+    )
+    assert_nothing_left(session_of(result))
+
+
+# --- docker-machine drivers -----------------------------------------------------------------
+
+MACHINE_TEST = """
+import os
+
+def test_daemon_of_the_machine(docker_client, docker_daemon, docker_env):
+    assert docker_daemon.backend == "machine"
+    info = docker_client.info()
+    assert any(label.startswith("pytest-isolated-docker.session=") for label in info["Labels"])
+    assert "https://mirror.invalid/" in info["RegistryConfig"]["Mirrors"]
+    cert_path = docker_env["DOCKER_CERT_PATH"]
+    assert os.path.exists(os.path.join(cert_path, "ca.pem"))
+    assert "/machines/" in cert_path and "docker-machine-" in cert_path
+    out = docker_client.containers.run("debian:bookworm-slim", ["echo", "inside"], remove=True)
+    assert out == b"inside\\n"
+"""
+
+
+@pytest.fixture
+def standin_on_path(monkeypatch: pytest.MonkeyPatch, host: docker.DockerClient) -> None:
+    from pytest_isolated_docker.images import build_dind_image
+
+    monkeypatch.setenv("STANDIN_DIND_IMAGE", build_dind_image(host, quiet=True))
+    monkeypatch.setenv("PATH", f"{STANDINS}{os.pathsep}{os.environ['PATH']}")
+
+
+def standin_containers(host: docker.DockerClient, session: str) -> list[str]:
+    containers = host.containers.list(all=True, filters={"label": "standin-docker-machine=1"})
+    return [c.name for c in containers if session in (c.name or "")]
+
+
+@pytest.mark.usefixtures("standin_on_path")
+def test_docker_machine_driver_contract_with_standin(
+    pytester: pytest.Pytester, host: docker.DockerClient
+) -> None:
+    pytester.makepyfile(MACHINE_TEST)
+    result = pytester.runpytest_subprocess(
+        "--docker-backend=machine", "--docker-machine-driver=standin-dind",
+        "--docker-machine-opt=--standin-memory 512", "--docker-registry-mirror",
+        "https://mirror.invalid/", PRELOAD, "-p", "no:cacheprovider", timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*docker-machine standin-dind at tcp://127.0.0.1:*leaks*: 0*"])
+    session = session_of(result)
+    assert standin_containers(host, session) == []
+    assert_nothing_left(session)
+
+
+@pytest.mark.usefixtures("standin_on_path")
+def test_docker_machine_unknown_driver_is_a_clear_error(
+    pytester: pytest.Pytester, host: docker.DockerClient
+) -> None:
+    pytester.makepyfile(NEEDS_DAEMON)
+    result = pytester.runpytest_subprocess(
+        "--docker-backend=machine", "--docker-machine-driver=no-such-driver",
+        "-p", "no:cacheprovider", timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*docker-machine create -d no-such-driver* failed with code 1*",
+            '*Driver "no-such-driver" not found*',
+        ]
+    )
+    session = session_of(result)
+    assert standin_containers(host, session) == []
+    assert_nothing_left(session)
+
+
+def test_docker_machine_missing_is_a_clear_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    pytester.makepyfile(NEEDS_DAEMON)
+    result = pytester.runpytest_subprocess(
+        "--docker-backend=machine", "--docker-machine-driver=virtualbox",
+        "-p", "no:cacheprovider", timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*docker-machine not found on PATH*--docker-machine-driver=qemu*"])
+    assert_nothing_left(session_of(result))
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-machine") is None, reason="the real docker-machine is not on PATH"
+)
+def test_docker_machine_driver_with_real_binary(pytester: pytest.Pytester) -> None:
+    """Against the real docker-machine, with the driver named by PYTEST_DOCKER_MACHINE_DRIVER
+    (default virtualbox) and its options in PYTEST_DOCKER_MACHINE_OPT."""
+    driver = os.environ.get("PYTEST_DOCKER_MACHINE_DRIVER") or "virtualbox"
+    pytester.makepyfile(NEEDS_DAEMON)
+    result = pytester.runpytest_subprocess(
+        "--docker-backend=machine", f"--docker-machine-driver={driver}", STARTUP,
+        "-p", "no:cacheprovider", timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    assert_nothing_left(session_of(result))
