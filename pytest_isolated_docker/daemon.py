@@ -165,7 +165,12 @@ class DockerDaemon:
     @property
     def backend(self) -> str:
         """The backend's name: ``dind``, ``socket`` or ``machine``."""
-        return self._backend.name
+        return self._backend.backend_name
+
+    @property
+    def backend_object(self) -> Backend:
+        """The backend instance that made this daemon (for the engine's own use)."""
+        return self._backend
 
     @property
     def unsafe(self) -> bool:

@@ -19,7 +19,7 @@ from .daemon import DockerDaemon
 from .errors import DaemonUnavailable, IsolatedDockerError, StartupError
 from .images import ensure_on_host
 from .labels import Identity, new_session_id
-from .reaper import Watchdog, claim_session, remove_session_dir, sweep
+from .reaper import Watchdog, claim_session, reap_session, remove_session_dir, sweep
 from .settings import OPTIONS, Settings, SettingsError, resolve
 
 DAEMON_FIXTURES = frozenset({"docker_daemon", "docker_test_daemon", "docker_client", "docker_env"})
@@ -34,8 +34,11 @@ class UnsafeDockerWarning(pytest.PytestWarning):
 class DockerSession:
     """The plugin's state for one pytest process: settings, identity and its daemon."""
 
-    def __init__(self, config: pytest.Config, settings: Settings, identity: Identity) -> None:
+    def __init__(
+        self, config: pytest.Config, settings: Settings, identity: Identity, owner_pid: int
+    ) -> None:
         self.config = config
+        self.owner_pid = owner_pid
         self.settings = settings
         self.identity = identity
         self.context = BackendContext(settings, identity)
@@ -44,6 +47,15 @@ class DockerSession:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._watchdog: Watchdog | None = None
         self.summaries: list[dict[str, Any]] = []
+        self.session_leftovers: list[str] = []
+
+    @property
+    def shared_context(self) -> BackendContext:
+        """Context of the daemon shared by the session: labelled with the owner's pid, so that
+        one worker's crash watchdog never removes what the other workers still use."""
+        return BackendContext(
+            self.settings, Identity(self.identity.session_id, "shared", self.owner_pid)
+        )
 
     @property
     def owns_session(self) -> bool:
@@ -66,7 +78,11 @@ class DockerSession:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix="pytest-isolated-docker-start"
                 )
-                self._future = self._executor.submit(start_daemon, self.context)
+                self._future = (
+                    self._executor.submit(start_daemon, self.shared_context, shared=True)
+                    if self.settings.scope == "session"
+                    else self._executor.submit(start_daemon, self.context)
+                )
 
     def daemon(self) -> DockerDaemon:
         self.start_in_background()
@@ -106,6 +122,9 @@ class DockerSession:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         if self.owns_session:
+            # Every worker is gone by now: whatever still carries the session's label was left
+            # by a worker that crashed, and is a leak to remove and report.
+            self.session_leftovers = reap_session(self.identity.session_id)
             remove_session_dir(self.context.session_dir)
         if self._watchdog is not None:
             self._watchdog.dismiss()
@@ -154,12 +173,11 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = _resolve_settings(config)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
-        identity = Identity(
-            workerinput[_WORKERINPUT_KEY], os.environ.get("PYTEST_XDIST_WORKER", "gw")
-        )
+        session_id, owner_pid = workerinput[_WORKERINPUT_KEY]
+        identity = Identity(session_id, os.environ.get("PYTEST_XDIST_WORKER", "gw"))
     else:
-        identity = Identity(new_session_id())
-    config.stash[_session_key] = DockerSession(config, settings, identity)
+        identity, owner_pid = Identity(new_session_id()), os.getpid()
+    config.stash[_session_key] = DockerSession(config, settings, identity, owner_pid)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "pytest-isolated-docker-xdist")
     if workerinput is None and backend_class(settings.backend).unsafe:
@@ -177,7 +195,8 @@ class _XdistHooks:
     """Hooks that exist only when pytest-xdist is installed."""
 
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput[_WORKERINPUT_KEY] = node.config.stash[_session_key].identity.session_id
+        session = node.config.stash[_session_key]
+        node.workerinput[_WORKERINPUT_KEY] = (session.identity.session_id, session.owner_pid)
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         output = getattr(node, "workeroutput", {}) or {}
@@ -370,10 +389,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    summaries = config.stash[_session_key].summaries
-    if not summaries:
+    state = config.stash[_session_key]
+    summaries = state.summaries
+    if not summaries and not state.session_leftovers:
         return
     terminalreporter.section("isolated docker daemons")
+    if state.session_leftovers:
+        terminalreporter.write_line(
+            "removed at the end of the session, left by a worker that did not finish: "
+            + ", ".join(state.session_leftovers),
+            red=True,
+        )
     for facts in sorted(summaries, key=lambda f: (f["worker"], f["label"])):
         terminalreporter.write_line(
             f"{facts['worker']}: {facts['backend']} {facts.get('mode', '')} "
@@ -387,5 +413,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             + f", {facts['resets']} resets removed "
             f"{facts['objects_removed']} objects, leaks at teardown: {len(facts['leaks'])}"
             + (f" ({', '.join(facts['leaks'])})" if facts["leaks"] else "")
+            + (f" ({facts['scope']})" if facts.get("scope") else "")
             + ("" if facts["label"] == "worker" else f" [{facts['label']}]")
         )

@@ -26,6 +26,7 @@ from typing import IO
 import docker
 import docker.errors
 
+from .backends import describe_objects
 from .coordination import read_json, state_root, write_json
 from .daemon import remove_objects
 from .labels import HOST, PID, SESSION, host_id
@@ -141,18 +142,34 @@ def sweep(client: docker.DockerClient | None, dry_run: bool = False) -> list[Rem
     return removed
 
 
-def reap_process(session_id: str, pid: int, owns_session: bool) -> list[Removal]:
-    """What the watchdog does when process ``pid`` is gone."""
-    removed: list[Removal] = []
+def _remove_labelled(labels: list[str]) -> list[str]:
+    """Remove this host's objects carrying all ``labels``; return what was there."""
+    filters = {"label": [*labels, f"{HOST}={host_id()}"]}
     try:
         client = docker.from_env(timeout=30)
-        filters = {"label": [f"{SESSION}={session_id}", f"{PID}={pid}", f"{HOST}={host_id()}"]}
-        before = _labelled(client)
-        remove_objects(client, filters)
-        removed.extend(Removal(o) for o in before.get((session_id, str(pid)), ()))
     except docker.errors.DockerException:
-        pass
+        return []
+    try:
+        found = describe_objects(client, filters)
+        if found:
+            remove_objects(client, filters)
+        return found
+    except docker.errors.DockerException:
+        return []
+    finally:
+        client.close()
+
+
+def reap_session(session_id: str) -> list[str]:
+    """Remove whatever still carries the session's label (its processes are all done)."""
+    return _remove_labelled([f"{SESSION}={session_id}"])
+
+
+def reap_process(session_id: str, pid: int, owns_session: bool) -> list[Removal]:
+    """What the watchdog does when process ``pid`` is gone."""
+    removed = [Removal(o) for o in _remove_labelled([f"{SESSION}={session_id}", f"{PID}={pid}"])]
     if owns_session:
+        removed.extend(Removal(o) for o in reap_session(session_id))
         removed.extend(remove_session_dir(state_root() / "sessions" / session_id))
     return removed
 

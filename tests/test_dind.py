@@ -60,6 +60,7 @@ def test_two_workers_get_two_daemons_and_tests_are_isolated(
     ids = {p.name: p.read_text() for p in tmp_path.joinpath("records").iterdir()}
     assert set(ids) == {"gw0", "gw1"}
     assert ids["gw0"] != ids["gw1"], "each worker must have a daemon of its own"
+    assert host_engine.info()["ID"] not in ids.values(), "the tests must not get the host engine"
     assert labelled(host_engine, session_of(result.stdout.str())) == []
     result.stdout.fnmatch_lines(
         ["*gw0: dind*leaks at teardown: 0*", "*gw1: dind*leaks at teardown: 0*"]
@@ -227,3 +228,24 @@ def test_engine_unreachable(
     result = pytester.runpytest_subprocess(f"--docker-unavailable={mode}", "-rs", timeout=120)
     result.assert_outcomes(**{outcome: 1})
     result.stdout.fnmatch_lines(["*host's Docker engine does not answer*dev/provision-host*"])
+
+
+def test_session_scope_shares_one_daemon(
+    pytester: pytest.Pytester, host_engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    pytester.makepyfile(
+        test_one=RECORDING_TESTS.split("def test_gone")[0],
+        test_two=RECORDING_TESTS.split("def test_gone")[0]
+        .replace("test_create", "test_other")
+        .replace('name="left-by-previous-test"', 'name="from-the-other-worker"')
+        .replace('"net-left-by-previous-test"', '"net-2"')
+        .replace('"volume-left-by-previous-test"', '"volume-2"'),
+    )
+    result = _run(pytester, tmp_path, "-n", "2", "--dist", "loadfile", "--docker-scope=session")
+    result.assert_outcomes(passed=2)
+    ids = {p.name: p.read_text() for p in tmp_path.joinpath("records").iterdir()}
+    assert set(ids) == {"gw0", "gw1"}
+    assert ids["gw0"] == ids["gw1"], "both workers must share the session's daemon"
+    assert ids["gw0"] != host_engine.info()["ID"], "the tests must not get the host engine"
+    assert labelled(host_engine, session_of(result.stdout.str())) == []
+    result.stdout.fnmatch_lines(["*dind*leaks at teardown: 0 (shared by the session)*"] * 2)

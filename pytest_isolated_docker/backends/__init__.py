@@ -14,7 +14,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import docker
 import docker.errors
@@ -67,6 +67,8 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     #: True when code under test can reach the host as root through this backend.
     unsafe: ClassVar[bool] = False
+    #: True when one daemon can serve several processes (``share_state``/``attach``).
+    shareable: ClassVar[bool] = False
 
     def __init__(self, context: BackendContext) -> None:
         self.context = context
@@ -77,6 +79,20 @@ class Backend(abc.ABC):
     def labels(self, role: str) -> dict[str, str]:
         """Labels for an object this daemon makes on the host engine."""
         return {**self.context.identity.labels(role), DAEMON: self.instance}
+
+    @property
+    def backend_name(self) -> str:
+        """The name reports show (a wrapper shows the backend it wraps)."""
+        return self.name
+
+    def share_state(self) -> dict[str, Any]:
+        """What another process needs to :meth:`attach` to this daemon (shareable backends)."""
+        raise NotImplementedError(f"the {self.name} backend cannot be shared")
+
+    @classmethod
+    def attach(cls, context: BackendContext, state: dict[str, Any]) -> Backend:
+        """A handle on a daemon another process started, from its :meth:`share_state`."""
+        raise NotImplementedError(f"the {cls.name} backend cannot be shared")
 
     def object_name(self, suffix: str) -> str:
         return self.context.identity.name(f"{self.instance}-{suffix}")
@@ -155,12 +171,23 @@ def backend_class(name: str) -> type[Backend]:
     return cls
 
 
-def start_daemon(context: BackendContext, backend_name: str | None = None) -> DockerDaemon:
+def start_daemon(
+    context: BackendContext, backend_name: str | None = None, *, shared: bool = False
+) -> DockerDaemon:
     """Start a daemon with the configured (or the given) backend and wait until it answers.
 
-    Whatever the backend made is removed again if any step fails, Ctrl-C included.
+    With ``shared``, take a lease on the session's shared daemon instead (started by whichever
+    process asks first). Whatever the backend made is removed again if any step fails, Ctrl-C
+    included.
     """
-    backend = backend_class(backend_name or context.settings.backend)(context)
+    cls = backend_class(backend_name or context.settings.backend)
+    backend: Backend
+    if shared:
+        from .shared import SharedBackend
+
+        backend = SharedBackend(context, cls)
+    else:
+        backend = cls(context)
     started = time.monotonic()
     try:
         endpoint = backend.start()

@@ -139,6 +139,7 @@ class DindBackend(Backend):
     """A dockerd in a container of the host engine, reached over mutual TLS on 127.0.0.1."""
 
     name = "dind"
+    shareable = True
 
     _host: docker.DockerClient | None = None
     _container: Container | None = None
@@ -177,6 +178,25 @@ class DindBackend(Backend):
         )
         container.put_archive("/", _certs_archive(tls))
         return Endpoint(f"tcp://{address}:{port}", self.context.client_tls)
+
+    def share_state(self) -> dict[str, Any]:
+        assert self._container is not None
+        return {
+            "container": self._container.id,
+            "volume": self._volume,
+            "mode": self._mode,
+            "instance": self.instance,
+        }
+
+    @classmethod
+    def attach(cls, context: BackendContext, state: dict[str, Any]) -> DindBackend:
+        backend = cls(context)
+        backend.instance = state["instance"]
+        backend._host = host = context.host_client()
+        backend._container = host.containers.get(state["container"])
+        backend._volume = state["volume"]
+        backend._mode = state["mode"]
+        return backend
 
     def _ensure_image(self, host: docker.DockerClient, image: str) -> None:
         try:
