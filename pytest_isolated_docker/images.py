@@ -53,7 +53,8 @@ def ensure_on_host(host: docker.DockerClient, images: Iterable[str]) -> None:
             try:
                 host.images.pull(*_split(image))
             except docker.errors.DockerException as exc:
-                missing.append(f"{image} ({str(exc).splitlines()[0][:200]})")
+                reason = getattr(exc, "explanation", None) or str(exc)
+                missing.append(f"{image} ({reason})")
     if missing:
         raise StartupError(
             "preload",
