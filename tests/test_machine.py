@@ -20,7 +20,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from pytest_isolated_docker.coordination import state_root
+from pytest_isolated_docker.coordination import cache_dir, state_root
 from pytest_isolated_docker.images import build_vm_image
 
 STANDINS = Path(__file__).parent / "standins"
@@ -45,6 +45,13 @@ def host() -> Iterator[docker.DockerClient]:
 def vm_image(host: docker.DockerClient) -> Path:
     """The VM image, built once (build_vm_image is cached and idempotent)."""
     return build_vm_image(host, quiet=True)
+
+
+@pytest.fixture(autouse=True)
+def shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester gives the inner pytest a HOME of its own: keep the user cache (VM image, KVM
+    probe) it would otherwise not find."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_dir().parent))
 
 
 def session_of(result: pytest.RunResult) -> str:
