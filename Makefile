@@ -36,7 +36,11 @@ typecheck: $(BIN)/.installed
 unit: images
 	$(BIN)/pytest tests -n 2 $(PYTEST_ARGS)
 
-test: lint typecheck images
+# The docs, with warnings as errors; -E rereads every page so that no warning hides in a cache.
+docs: $(BIN)/.installed
+	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
+
+test: lint typecheck docs images
 	$(BIN)/pytest tests -n 2 $(PYTEST_ARGS)
 	$(BIN)/pytest examples $(PYTEST_ARGS)
 
