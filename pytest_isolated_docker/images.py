@@ -75,7 +75,13 @@ def preload(host: docker.DockerClient, target: docker.DockerClient, images: Sequ
         # Each stream gets its own connection pool: the save and the load run concurrently.
         export = host.api.get_image(image, chunk_size=_CHUNK)
         try:
-            target.api.load_image(export, quiet=True)
+            # The engine reports a failed load (a full disk, say) inside the answer's stream.
+            for message in target.api.load_image(export, quiet=True) or ():
+                if isinstance(message, dict) and message.get("error"):
+                    raise StartupError(
+                        "preload",
+                        f"loading {image} into the isolated daemon failed: {message['error']}",
+                    )
         except docker.errors.DockerException as exc:
             raise StartupError(
                 "preload", f"loading {image} into the isolated daemon failed: {exc}"

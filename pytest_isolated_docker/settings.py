@@ -79,6 +79,19 @@ def _parse_text(raw: str, source: Source) -> str:
     return raw.strip()
 
 
+def _parse_storage(raw: str, source: Source) -> str:
+    value = raw.strip()
+    kind, _, size = value.partition(":")
+    if value == "volume" or (
+        kind == "tmpfs" and size[:-1].isdigit() and size[-1:].lower() in ("k", "m", "g")
+    ):
+        return value
+    raise SettingsError(
+        f"{raw!r} is not a valid value for {source}. Use 'volume' or 'tmpfs:SIZE' with SIZE like "
+        "512m or 2g."
+    )
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """One setting, declared once for its flag, environment variable and ini key."""
@@ -166,6 +179,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
         metavar="IMAGE",
     ),
     OptionSpec(
+        "dind_storage",
+        "Where the dind daemon keeps its data: 'volume' (a labelled volume on the host's disk, "
+        "default) or 'tmpfs:SIZE' (in memory, e.g. tmpfs:2g).",
+        "volume",
+        _parse_storage,
+        metavar="volume|tmpfs:SIZE",
+    ),
+    OptionSpec(
         "dind_privileged",
         "'auto': try --privileged and fall back to a capability recipe when the engine refuses "
         "it (default); 'always'; 'never'.",
@@ -230,6 +251,7 @@ class Settings:
     scope: str = "worker"
     reset: str = "test"
     dind_image: str = "docker:dind"
+    dind_storage: str = "volume"
     dind_privileged: str = "auto"
     machine_driver: str = "qemu"
     machine_opt: tuple[str, ...] = ()

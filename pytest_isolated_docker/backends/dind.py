@@ -84,6 +84,14 @@ def _dockerd_args(settings_mirrors: tuple[str, ...]) -> list[str]:
     return args
 
 
+def _volume_options(storage: str) -> dict[str, str]:
+    """A labelled volume either way, so that teardown and the reaper treat both alike."""
+    kind, _, size = storage.partition(":")
+    if kind == "tmpfs":
+        return {"type": "tmpfs", "device": "tmpfs", "o": f"size={size}"}
+    return {}
+
+
 def _certs_archive(server: ServerTLS) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -168,7 +176,9 @@ class DindBackend(Backend):
         image = self.settings.dind_image
         self._ensure_image(host, image)
         self._volume = host.volumes.create(
-            name=self.object_name("data"), labels=self.labels("dind-data")
+            name=self.object_name("data"),
+            labels=self.labels("dind-data"),
+            driver_opts=_volume_options(self.settings.dind_storage),
         ).name
         container = self._run_container(host, image)
         self._container = container
