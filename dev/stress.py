@@ -14,6 +14,9 @@ from pathlib import Path
 
 import docker
 
+from pytest_isolated_docker.backends import describe_objects
+from pytest_isolated_docker.labels import SESSION
+
 WORKERS = int(os.environ.get("STRESS_WORKERS", "4"))
 TESTS_PER_WORKER = int(os.environ.get("STRESS_TESTS_PER_WORKER", "25"))
 
@@ -68,16 +71,18 @@ def main() -> int:
                 directory,
             ],
             cwd=directory,
+            stdout=subprocess.PIPE,
+            text=True,
         )
+    print(result.stdout)
+    session = result.stdout.split("session=", 1)[1].split()[0]
     after = counts(host)
-    leftovers = host.api.containers(all=True, filters={"label": "pytest-isolated-docker.session"})
-    leftovers += host.api.networks(filters={"label": "pytest-isolated-docker.session"})
-    leftovers += (
-        host.api.volumes(filters={"label": "pytest-isolated-docker.session"}).get("Volumes") or []
-    )
+    leftovers = describe_objects(host, {"label": [f"{SESSION}={session}"]})
     print(f"\nhost engine before: {before}")
     print(f"host engine after:  {after}")
-    print(f"labelled objects left: {len(leftovers)}")
+    print(f"objects labelled with session {session} left: {len(leftovers)} {leftovers}")
+    if before != after:
+        print("(the counts differ: another run on this engine, or unlabelled objects leaked)")
     ok = result.returncode == 0 and before == after and not leftovers
     print("stress: OK, zero leaks" if ok else "stress: FAILED")
     return 0 if ok else 1
