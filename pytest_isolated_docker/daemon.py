@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,23 @@ def _ignore_environment(api: docker.APIClient) -> None:
     # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's own CA, and proxies from
     # the environment apply too: either would break mutual TLS to the session's CA.
     api.trust_env = False
+
+
+@contextlib.contextmanager
+def phase(name: str, hint: str) -> Iterator[None]:
+    """Name the step that failed, how long it ran and what to try, for any engine error in it.
+
+    Every engine call is bounded by its client's timeout; this turns a bare timeout or API error
+    into a :class:`StartupError` a user can act on.
+    """
+    start = time.monotonic()
+    try:
+        yield
+    except StartupError:
+        raise
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        waited = time.monotonic() - start
+        raise StartupError(name, f"failed after {waited:.1f} s: {exc}. {hint}") from exc
 
 
 def wait_until_ready(

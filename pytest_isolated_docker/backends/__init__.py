@@ -20,7 +20,7 @@ import docker
 import docker.errors
 
 from ..coordination import session_dir
-from ..daemon import DockerDaemon, Endpoint, wait_until_ready
+from ..daemon import DockerDaemon, Endpoint, phase, wait_until_ready
 from ..errors import DaemonUnavailable, IsolatedDockerError
 from ..images import preload
 from ..labels import DAEMON, Identity
@@ -195,7 +195,8 @@ def start_daemon(
             endpoint, context.settings.startup_timeout, backend.failure, backend.diagnostics
         )
         daemon = DockerDaemon(backend, endpoint, api_version, time.monotonic() - started)
-        daemon.preload_seconds = backend.preload(daemon.client)
+        with phase("preload", "Check the host engine's disk and the daemon log."):
+            daemon.preload_seconds = backend.preload(daemon.client)
     except BaseException:
         backend.stop()
         raise

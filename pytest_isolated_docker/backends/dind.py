@@ -22,7 +22,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from ..coordination import cache_dir, locked, read_json, write_json
-from ..daemon import Endpoint
+from ..daemon import Endpoint, phase
 from ..errors import StartupError
 from ..tls import ServerTLS
 from . import Backend, BackendContext
@@ -175,18 +175,20 @@ class DindBackend(Backend):
         self._host = host = self.context.host_client()
         image = self.settings.dind_image
         self._ensure_image(host, image)
-        self._volume = host.volumes.create(
-            name=self.object_name("data"),
-            labels=self.labels("dind-data"),
-            driver_opts=_volume_options(self.settings.dind_storage),
-        ).name
-        container = self._run_container(host, image)
-        self._container = container
-        address, port = self._address(host, container)
-        tls = self.context.ca.server_tls(
-            ["127.0.0.1", "localhost", address, container.name or "", *self._container_ips()]
-        )
-        container.put_archive("/", _certs_archive(tls))
+        with phase("create", "Is the host engine overloaded or its disk full? See `docker info`."):
+            self._volume = host.volumes.create(
+                name=self.object_name("data"),
+                labels=self.labels("dind-data"),
+                driver_opts=_volume_options(self.settings.dind_storage),
+            ).name
+        with phase("start", "Try --docker-dind-privileged=never, or read the host engine's log."):
+            container = self._run_container(host, image)
+            self._container = container
+            address, port = self._address(host, container)
+            tls = self.context.ca.server_tls(
+                ["127.0.0.1", "localhost", address, container.name or "", *self._container_ips()]
+            )
+            container.put_archive("/", _certs_archive(tls))
         return Endpoint(f"tcp://{address}:{port}", self.context.client_tls)
 
     def share_state(self) -> dict[str, Any]:
