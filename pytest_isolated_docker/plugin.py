@@ -6,6 +6,7 @@ Nothing here knows a backend by name: backends are asked through their interface
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import threading
 from collections.abc import Generator, Iterator
@@ -14,6 +15,7 @@ from typing import Any, Literal
 import docker
 import pytest
 
+from . import pullcache
 from .backends import BackendContext, backend_class, start_daemon
 from .daemon import DockerDaemon
 from .errors import DaemonUnavailable, IsolatedDockerError, StartupError
@@ -39,15 +41,25 @@ class DockerSession:
     ) -> None:
         self.config = config
         self.owner_pid = owner_pid
-        self.settings = settings
         self.identity = identity
-        self.context = BackendContext(settings, identity)
+        self.use_settings(settings)
+        self.holds_pull_cache = False
+        self.pull_cache_url: str | None = None
         self._lock = threading.Lock()
         self._future: concurrent.futures.Future[DockerDaemon] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._watchdog: Watchdog | None = None
         self.summaries: list[dict[str, Any]] = []
         self.session_leftovers: list[str] = []
+
+    def use_settings(self, settings: Settings) -> None:
+        self.settings = settings
+        self.context = BackendContext(settings, identity=self.identity)
+
+    def add_mirror(self, url: str) -> None:
+        self.use_settings(
+            self.settings.replace(registry_mirror=(*self.settings.registry_mirror, url))
+        )
 
     @property
     def shared_context(self) -> BackendContext:
@@ -121,6 +133,8 @@ class DockerSession:
             self.record(daemon, "worker")
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self.holds_pull_cache:
+            pullcache.release()
         if self.owns_session:
             # Every worker is gone by now: whatever still carries the session's label was left
             # by a worker that crashed, and is a leak to remove and report.
@@ -173,11 +187,14 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = _resolve_settings(config)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
-        session_id, owner_pid = workerinput[_WORKERINPUT_KEY]
+        session_id, owner_pid, mirror = workerinput[_WORKERINPUT_KEY]
         identity = Identity(session_id, os.environ.get("PYTEST_XDIST_WORKER", "gw"))
     else:
-        identity, owner_pid = Identity(new_session_id()), os.getpid()
-    config.stash[_session_key] = DockerSession(config, settings, identity, owner_pid)
+        identity, owner_pid, mirror = Identity(new_session_id()), os.getpid(), None
+    state = DockerSession(config, settings, identity, owner_pid)
+    config.stash[_session_key] = state
+    if mirror:
+        state.add_mirror(mirror)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "pytest-isolated-docker-xdist")
     if workerinput is None and backend_class(settings.backend).unsafe:
@@ -196,7 +213,11 @@ class _XdistHooks:
 
     def pytest_configure_node(self, node: Any) -> None:
         session = node.config.stash[_session_key]
-        node.workerinput[_WORKERINPUT_KEY] = (session.identity.session_id, session.owner_pid)
+        node.workerinput[_WORKERINPUT_KEY] = (
+            session.identity.session_id,
+            session.owner_pid,
+            session.pull_cache_url,
+        )
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         output = getattr(node, "workeroutput", {}) or {}
@@ -213,6 +234,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = [line]
     if settings.preload:
         lines.append(f"isolated-docker: preloading {', '.join(settings.preload)}")
+    if settings.registry_mirror:
+        lines.append(f"isolated-docker: registry mirrors {', '.join(settings.registry_mirror)}")
     if backend_class(settings.backend).unsafe:
         lines.append(
             "isolated-docker: UNSAFE: tests use the host's own Docker engine (code under test is "
@@ -228,6 +251,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         threading.Thread(
             target=_sweep_stale, name="pytest-isolated-docker-sweep", daemon=True
         ).start()
+    if state.settings.pull_through_cache and state.owns_session:
+        # Before xdist configures its workers, so that they receive the mirror's address.
+        try:
+            with contextlib.closing(state.context.host_client()) as host:
+                state.pull_cache_url = pullcache.acquire(host, state.settings.pull_through_upstream)
+        except (DaemonUnavailable, StartupError) as exc:
+            raise pytest.UsageError(
+                f"--docker-pull-through-cache ({state.settings.sources['pull_through_cache']}): "
+                f"{exc}"
+            ) from None
+        state.holds_pull_cache = True
+        state.add_mirror(state.pull_cache_url)
     if state.settings.preload and not hasattr(session.config, "workerinput"):
         # Once per run, before any test: a missing image is a configuration error, not N failures.
         try:

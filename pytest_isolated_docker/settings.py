@@ -237,6 +237,25 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
 )
 
+OPTIONS = (
+    *OPTIONS,
+    OptionSpec(
+        "pull_through_cache",
+        "Run one caching registry mirror per host (Debian's docker-registry, storage in the user "
+        "cache) and hand it to every isolated daemon, so public images are fetched once per host.",
+        False,
+        _parse_bool,
+        is_flag=True,
+    ),
+    OptionSpec(
+        "pull_through_upstream",
+        "Registry the pull-through cache fetches from (default https://registry-1.docker.io).",
+        "https://registry-1.docker.io",
+        _parse_text,
+        metavar="URL",
+    ),
+)
+
 OPTIONS_BY_NAME = {spec.name: spec for spec in OPTIONS}
 
 
@@ -258,6 +277,8 @@ class Settings:
     vm_image: str = ""
     preload: tuple[str, ...] = ()
     registry_mirror: tuple[str, ...] = ()
+    pull_through_cache: bool = False
+    pull_through_upstream: str = "https://registry-1.docker.io"
     sources: Mapping[str, Source] = dataclasses.field(default_factory=dict, compare=False)
 
     def replace(self, **changes: Any) -> Settings:
