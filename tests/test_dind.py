@@ -249,3 +249,21 @@ def test_session_scope_shares_one_daemon(
     assert ids["gw0"] != host_engine.info()["ID"], "the tests must not get the host engine"
     assert labelled(host_engine, session_of(result.stdout.str())) == []
     result.stdout.fnmatch_lines(["*dind*leaks at teardown: 0 (shared by the session)*"] * 2)
+
+
+def test_our_docker_client_wins_over_other_plugins(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """pytest-docker-tools defines ``docker_client`` on the host engine: ours must win anyway."""
+    pytest.importorskip("pytest_docker_tools")
+    pytester.makepyfile(
+        """
+        import docker
+
+        def test_isolated(docker_client):
+            host = docker.from_env()
+            assert docker_client.info()["ID"] != host.info()["ID"], "got the host engine"
+        """
+    )
+    result = _run(pytester, tmp_path, "-p", "pytest_docker_tools")
+    result.assert_outcomes(passed=1)
