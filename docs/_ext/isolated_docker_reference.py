@@ -10,8 +10,10 @@ renders the news fragments in ``changelog.d/`` not yet released (``towncrier bui
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import io
+import pkgutil
 import re
 import subprocess
 import sys
@@ -109,11 +111,23 @@ class OptionsTable(_GeneratedRst):
         return _list_table(header, options_rows(), "22 22 16 10 30")
 
 
+def _find_fixture(name: str) -> Any:
+    """The fixture definition named ``name``: in the plugin module or any module of the package."""
+    modules: list[Any] = [plugin]
+    for info in pkgutil.iter_modules(pytest_isolated_docker.__path__):
+        modules.append(importlib.import_module(f"pytest_isolated_docker.{info.name}"))
+    for module in modules:
+        candidate = getattr(module, name, None)
+        if hasattr(candidate, "_fixture_function_marker"):
+            return candidate
+    raise LookupError(f"no fixture {name!r} in the pytest_isolated_docker package")
+
+
 def fixture_entries() -> list[tuple[str, str, str, str]]:
     """(name, scope, return annotation, docstring) of each of the plugin's fixtures."""
     entries = []
     for name in FIXTURE_ORDER:
-        definition: Any = getattr(plugin, name)
+        definition = _find_fixture(name)
         function = definition._get_wrapped_function()
         scope = definition._fixture_function_marker.scope
         returns = str(inspect.signature(function).return_annotation)
@@ -128,11 +142,15 @@ class FixturesReference(_GeneratedRst):
     """One entry per fixture, its docstring taken from pytest_isolated_docker/plugin.py."""
 
     def lines(self) -> list[str]:
-        missing = sorted(plugin.DAEMON_FIXTURES - set(FIXTURE_ORDER))
+        missing = sorted(set(plugin.DAEMON_FIXTURES) - set(FIXTURE_ORDER))
         if missing:
             raise self.error(f"fixtures not documented (add them to FIXTURE_ORDER): {missing}")
+        try:
+            entries = fixture_entries()
+        except LookupError as exc:
+            raise self.error(str(exc)) from None
         lines: list[str] = []
-        for name, scope, returns, docstring in fixture_entries():
+        for name, scope, returns, docstring in entries:
             lines += [f".. fixture:: {name}", ""]
             lines += [f"   *Fixture, scope* ``{scope}``, *gives* ``{returns}``.", ""]
             lines += ["   " + line if line else "" for line in docstring.splitlines()]
