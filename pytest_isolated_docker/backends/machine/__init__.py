@@ -11,6 +11,8 @@ from __future__ import annotations
 import abc
 from typing import ClassVar
 
+import docker
+
 from ...daemon import Endpoint
 from ...errors import DaemonUnavailable
 from .. import Backend, BackendContext
@@ -108,6 +110,16 @@ class MachineBackend(Backend):
 
     def logs(self, tail: int) -> str:
         return self.driver.logs(tail)
+
+    def preload(self, target: docker.DockerClient) -> float:
+        # Loading an image into a VM under TCG can take longer than a client's usual 60 s read
+        # timeout (the engine answers only when the load is done): allow the startup timeout.
+        saved = target.api.timeout
+        target.api.timeout = max(saved, self.settings.startup_timeout)
+        try:
+            return super().preload(target)
+        finally:
+            target.api.timeout = saved
 
     def details(self) -> dict[str, str]:
         return self.driver.details()

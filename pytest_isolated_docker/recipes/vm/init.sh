@@ -2,8 +2,8 @@
 # PID 1 of the machine backend's VM (kernel argument init=/sbin/pytest-isolated-docker-init).
 # Mounts the kernel filesystems, loads the modules dockerd needs, configures QEMU's user-mode
 # network, unpacks the certificates and daemon.json from the config disk (/dev/vdb, a tar made by
-# the plugin) and runs dockerd with mutual TLS on 0.0.0.0:2376. When dockerd exits, so does this
-# script: the kernel panics (panic=1) and QEMU, started with -no-reboot, exits.
+# the plugin), and runs containerd, then dockerd with mutual TLS on 0.0.0.0:2376. When dockerd
+# exits, so does this script: the kernel panics (panic=1) and QEMU, started with -no-reboot, exits.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 say() { echo "pytest-isolated-docker-init: [$(cut -d" " -f1 /proc/uptime 2>/dev/null)] $*"; }
 
@@ -50,14 +50,26 @@ fi
 chmod 0600 /etc/pytest-isolated-docker/key.pem
 cp /etc/pytest-isolated-docker/daemon.json /etc/docker/daemon.json
 
+# containerd is started here rather than by dockerd: dockerd gives the containerd it supervises a
+# fixed time to answer, which a VM under TCG on a busy host can exceed.
+say "starting containerd"
+printf 'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n' > /run/containerd.toml
+containerd --config /run/containerd.toml &
+containerd_pid=$!
+while [ ! -S /run/containerd/containerd.sock ]; do
+    kill -0 "$containerd_pid" 2>/dev/null || { say "containerd exited"; exit 1; }
+    sleep 0.05
+done
+
 say "starting dockerd"
 dockerd \
+    --containerd=/run/containerd/containerd.sock \
     --host=tcp://0.0.0.0:2376 --host=unix:///var/run/docker.sock \
     --tlsverify \
     --tlscacert=/etc/pytest-isolated-docker/ca.pem \
     --tlscert=/etc/pytest-isolated-docker/cert.pem \
     --tlskey=/etc/pytest-isolated-docker/key.pem &
 dockerd_pid=$!
-# As PID 1 this shell also reaps orphans; it returns once dockerd itself has exited.
-while kill -0 "$dockerd_pid" 2>/dev/null; do wait; done
+# dash's wait reaps any child (orphans re-parented to PID 1 too) until dockerd itself exits.
+while kill -0 "$dockerd_pid" 2>/dev/null; do wait "$dockerd_pid"; done
 say "dockerd exited"
