@@ -28,6 +28,7 @@ exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
 source_suffix = {".rst": "restructuredtext"}
 root_doc = "index"
+smartquotes_action = "qe"  # quotes and ellipses, but keep "--" as typed (command-line flags)
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"

@@ -40,8 +40,9 @@ def _literal(text: str) -> str:
 
 
 def _help_rst(text: str) -> str:
-    """Help texts use Markdown-style `code`; reST needs double backquotes."""
-    return re.sub(r"(?<!`)`([^`]+)`(?!`)", r"``\1``", text)
+    """Help texts use Markdown-style `code`; reST needs double backquotes. Flags become code."""
+    text = re.sub(r"(?<!`)`([^`]+)`(?!`)", r"``\1``", text)
+    return re.sub(r"(?<![`\w-])(--[a-z][a-z-]*(?:=[\w.:/-]+)?)", r"``\1``", text)
 
 
 def _default(spec: OptionSpec) -> str:
@@ -74,19 +75,25 @@ def _ini(spec: OptionSpec) -> str:
     return text + " (one per line)" if spec.is_list else text
 
 
-def options_rows() -> list[list[str]]:
+def options_rows() -> list[list[list[str]]]:
+    """One row per option: [flag, environment, ini key], [default], [help] (cells as lines)."""
     return [
-        [_flag(spec), _env(spec), _ini(spec), _default(spec), _help_rst(spec.help)]
+        [
+            [f"| {_flag(spec)}", f"| {_env(spec)}", f"| ini {_ini(spec)}"],
+            [_default(spec)],
+            [_help_rst(spec.help)],
+        ]
         for spec in OPTIONS
     ]
 
 
-def _list_table(header: list[str], rows: list[list[str]], widths: str) -> list[str]:
+def _list_table(header: list[str], rows: list[list[list[str]]], widths: str) -> list[str]:
     lines = [".. list-table::", "   :header-rows: 1", f"   :widths: {widths}", ""]
-    for row in [header, *rows]:
-        first, *rest = row
-        lines.append(f"   * - {first}")
-        lines.extend(f"     - {cell}" for cell in rest)
+    for row in [[[cell] for cell in header], *rows]:
+        for index, cell in enumerate(row):
+            bullet = "   * - " if index == 0 else "     - "
+            lines.append(bullet + cell[0])
+            lines.extend("       " + line for line in cell[1:])
     return lines
 
 
@@ -107,8 +114,8 @@ class OptionsTable(_GeneratedRst):
     """Every option: command line > environment > ini > default."""
 
     def lines(self) -> list[str]:
-        header = ["Command line", "Environment", "ini key", "Default", "What it does"]
-        return _list_table(header, options_rows(), "22 22 16 10 30")
+        header = ["Command line, environment, ini", "Default", "What it does"]
+        return _list_table(header, options_rows(), "40 12 48")
 
 
 def _find_fixture(name: str) -> Any:
