@@ -23,10 +23,10 @@ def docker_client(docker_test_daemon: DockerDaemon) -> Iterator[docker.DockerCli
     """A client of the test's isolated daemon, whoever else defines ``docker_client``.
 
     pytest-docker-tools' plugin defines a session-scoped ``docker_client`` too
-    (``docker.from_env()``, the host's engine), and between two installed plugins the one pytest
-    registers last wins: that order follows how the packages happen to be installed. A fixture in
-    ``conftest.py`` always wins over plugins, so this override pins ``docker_client`` (for our
-    tests and for every pytest-docker-tools fixture) to the isolated daemon.
+    (``docker.from_env()``: the host's engine). pytest-isolated-docker registers its fixtures after
+    every installed plugin so that its own wins; a fixture in ``conftest.py`` wins over every
+    plugin, so this override makes the choice explicit (for our tests and for every
+    pytest-docker-tools fixture), and it is where to choose another scope.
     """
     client = docker_test_daemon.new_client()
     try:

@@ -1,8 +1,9 @@
 """pytest-docker-tools fixtures created in the test's isolated daemon.
 
 pytest-docker-tools builds every container, image and network fixture on a fixture named
-``docker_client``. Ours is the isolated daemon's; examples/conftest.py pins the name to it (a
-``conftest.py`` fixture beats both plugins), so these fixtures never reach the host engine.
+``docker_client``, and defines one on the host engine. pytest-isolated-docker's own, registered
+after every other plugin, wins; examples/conftest.py also pins the name to the isolated daemon (a
+``conftest.py`` fixture beats every plugin), so these fixtures never reach the host engine.
 """
 
 from __future__ import annotations
