@@ -87,9 +87,6 @@ class Whereabouts:
 
 
 @pytest.fixture
-def whereabouts(
-    docker_test_daemon: DockerDaemon,
-    docker_client: docker.DockerClient,
-    host_engine: docker.DockerClient,
-) -> Whereabouts:
-    return Whereabouts(docker_test_daemon, docker_client, host_engine)
+def whereabouts(docker_test_daemon: DockerDaemon, host_engine: docker.DockerClient) -> Whereabouts:
+    """The check, with a client of its own: it never depends on the fixtures under test."""
+    return Whereabouts(docker_test_daemon, docker_test_daemon.client, host_engine)

@@ -85,7 +85,7 @@ def test_docker_compose_runs_in_the_isolated_daemon(
         for container_id in ids:
             whereabouts.assert_isolated(container_id)
     finally:
-        compose_run("down", "--volumes")
+        compose_run("down", "--volumes", "--timeout", "0")
     assert compose_run("ps", "--quiet").split() == []
 
 
