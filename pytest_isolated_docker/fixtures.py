@@ -11,11 +11,11 @@ from typing import Any
 import docker
 import pytest
 
-from .backends import BackendContext, backend_class, start_daemon
+from .backends import BackendContext, start_daemon
 from .daemon import DockerDaemon
 from .errors import DaemonUnavailable, IsolatedDockerError
 from .session import DockerSession, session_of
-from .settings import Settings
+from .settings import BACKENDS, Settings
 
 
 def _daemon_or_outcome(session: DockerSession, start: Any) -> DockerDaemon:
@@ -59,7 +59,7 @@ def docker_test_daemon(request: pytest.FixtureRequest) -> Iterator[DockerDaemon]
     if options:
         pytest.fail(
             f"@pytest.mark.docker_daemon got unknown arguments {sorted(options)}; "
-            "it takes fresh=True and backend='dind'|'socket'|'machine'.",
+            f"it takes fresh=True and backend={'|'.join(map(repr, BACKENDS))}.",
             pytrace=False,
         )
     if not fresh:
@@ -79,12 +79,10 @@ def docker_test_daemon(request: pytest.FixtureRequest) -> Iterator[DockerDaemon]
 
 
 def _resolve_marker_backend(settings: Settings, backend: str) -> Settings:
-    try:
-        backend_class(backend)
-    except KeyError:
+    if backend not in BACKENDS:
         pytest.fail(
             f"@pytest.mark.docker_daemon(backend={backend!r}): unknown backend. "
-            "Valid backends: dind, socket, machine.",
+            f"Valid backends: {', '.join(BACKENDS)}.",
             pytrace=False,
         )
     return settings.replace(backend=backend)

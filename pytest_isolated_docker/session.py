@@ -80,11 +80,9 @@ class DockerSession:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix="pytest-isolated-docker-start"
                 )
-                self._future = (
-                    self._executor.submit(start_daemon, self.shared_context, shared=True)
-                    if self.settings.scope == "session"
-                    else self._executor.submit(start_daemon, self.context)
-                )
+                shared = self.settings.scope == "session"
+                context = self.shared_context if shared else self.context
+                self._future = self._executor.submit(start_daemon, context, shared=shared)
 
     def daemon(self) -> DockerDaemon:
         self.start_in_background()
@@ -132,9 +130,6 @@ class DockerSession:
             remove_session_dir(self.context.session_dir)
         if self._watchdog is not None:
             self._watchdog.dismiss()
-
-
-_session_key = pytest.StashKey[DockerSession]()
 
 
 session_key = pytest.StashKey[DockerSession]()
