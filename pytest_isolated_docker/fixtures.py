@@ -14,7 +14,7 @@ import pytest
 from .backends import BackendContext, start_daemon
 from .daemon import DockerDaemon
 from .errors import DaemonUnavailable, IsolatedDockerError
-from .session import DockerSession, session_of
+from .session import DockerSession, session_of, test_daemon_key
 from .settings import BACKENDS, Settings
 
 
@@ -63,7 +63,9 @@ def docker_test_daemon(request: pytest.FixtureRequest) -> Iterator[DockerDaemon]
             pytrace=False,
         )
     if not fresh:
-        yield request.getfixturevalue("docker_daemon")
+        shared: DockerDaemon = request.getfixturevalue("docker_daemon")
+        request.node.stash[test_daemon_key] = shared
+        yield shared
         return
     context = session.context
     if backend is not None:
@@ -72,6 +74,7 @@ def docker_test_daemon(request: pytest.FixtureRequest) -> Iterator[DockerDaemon]
         )
     session.guard()
     daemon = _daemon_or_outcome(session, lambda: start_daemon(context))
+    request.node.stash[test_daemon_key] = daemon
     try:
         yield daemon
     finally:

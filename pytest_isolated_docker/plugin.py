@@ -21,7 +21,7 @@ from .errors import DaemonUnavailable, StartupError
 from .images import ensure_on_host
 from .labels import Identity, new_session_id
 from .reaper import sweep
-from .session import DAEMON_FIXTURES, DockerSession, session_key
+from .session import DAEMON_FIXTURES, DockerSession, session_key, test_daemon_key
 from .settings import OPTIONS, Settings, SettingsError, resolve
 
 _WORKERINPUT_KEY = "pytest_isolated_docker_session"
@@ -203,9 +203,7 @@ def pytest_runtest_makereport(
     report: pytest.TestReport = outcome.get_result()
     if report.passed or report.skipped:
         return
-    if not DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-        return
-    daemon = item.config.stash[session_key].started_daemon
+    daemon = item.stash.get(test_daemon_key, None)
     if daemon is not None:
         report.sections.append(("docker daemon log (last 50 lines)", daemon.logs(50)))
 

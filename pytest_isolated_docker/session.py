@@ -133,6 +133,8 @@ class DockerSession:
 
 
 session_key = pytest.StashKey[DockerSession]()
+#: The daemon a test used (the worker's or a fresh one), for its failure report.
+test_daemon_key = pytest.StashKey[DockerDaemon]()
 
 
 def session_of(config: pytest.Config) -> DockerSession:
