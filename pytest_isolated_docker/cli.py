@@ -58,11 +58,7 @@ def _build_image(args: argparse.Namespace) -> int:
         if args.recipe == "dind":
             print(images.build_dind_image(host, quiet=args.quiet))
         else:
-            build_vm = getattr(images, "build_vm_image", None)
-            if build_vm is None:
-                print("error: this version cannot build VM images yet", file=sys.stderr)
-                return 1
-            print(build_vm(host, quiet=args.quiet))
+            print(images.build_vm_image(host, quiet=args.quiet))
     except IsolatedDockerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
