@@ -206,6 +206,9 @@ def build_vm_image(host: docker.DockerClient, quiet: bool = False) -> Path:
                 f"cached in {target}), or point --docker-vm-image at a directory holding "
                 f"{', '.join(VM_FILES)}.",
             )
+        for stale in target.parent.glob(f".{target.name}-*"):
+            # A build killed half-way (we hold the lock, so none is running now).
+            shutil.rmtree(stale, ignore_errors=True)
         dind = build_dind_image(host, quiet=quiet)
         tag = f"{VM_REPOSITORY}:{vm_image_key()}"
         _build_recipe(host, "vm", tag, {"DIND_IMAGE": dind}, quiet)
