@@ -34,14 +34,14 @@ typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
 unit: images
-	$(BIN)/pytest tests -n 2 $(PYTEST_ARGS)
+	$(BIN)/pytest tests -n 2 -m "not serial" $(PYTEST_ARGS)
+	$(BIN)/pytest tests -m serial $(PYTEST_ARGS)
 
 # The docs, with warnings as errors; -E rereads every page so that no warning hides in a cache.
 docs: $(BIN)/.installed
 	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
 
-test: lint typecheck docs images
-	$(BIN)/pytest tests -n 2 $(PYTEST_ARGS)
+test: lint typecheck docs unit
 	$(BIN)/pytest examples $(PYTEST_ARGS)
 
 bench: images

@@ -5,13 +5,14 @@ host's engine) can never silently replace ours; a ``conftest.py`` still override
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import docker
 import pytest
 
-from .backends import BackendContext, start_daemon
+from .backends import start_daemon
 from .daemon import DockerDaemon
 from .errors import DaemonUnavailable, IsolatedDockerError
 from .session import DockerSession, session_of, test_daemon_key
@@ -69,8 +70,8 @@ def docker_test_daemon(request: pytest.FixtureRequest) -> Iterator[DockerDaemon]
         return
     context = session.context
     if backend is not None:
-        context = BackendContext(
-            _resolve_marker_backend(session.settings, backend), session.identity
+        context = dataclasses.replace(
+            context, settings=_resolve_marker_backend(session.settings, backend)
         )
     session.guard()
     daemon = _daemon_or_outcome(session, lambda: start_daemon(context))

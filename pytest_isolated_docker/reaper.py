@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -142,11 +142,11 @@ def sweep(client: docker.DockerClient | None, dry_run: bool = False) -> list[Rem
     return removed
 
 
-def _remove_labelled(labels: list[str]) -> list[str]:
+def _remove_labelled(labels: list[str], environment: Mapping[str, str] | None) -> list[str]:
     """Remove this host's objects carrying all ``labels``; return what was there."""
     filters = {"label": [*labels, f"{HOST}={host_id()}"]}
     try:
-        client = docker.from_env(timeout=30)
+        client = docker.from_env(timeout=30, environment=dict(environment or os.environ))
     except docker.errors.DockerException:
         return []
     try:
@@ -160,14 +160,18 @@ def _remove_labelled(labels: list[str]) -> list[str]:
         client.close()
 
 
-def reap_session(session_id: str) -> list[str]:
-    """Remove whatever still carries the session's label (its processes are all done)."""
-    return _remove_labelled([f"{SESSION}={session_id}"])
+def reap_session(session_id: str, environment: Mapping[str, str] | None = None) -> list[str]:
+    """Remove whatever still carries the session's label (its processes are all done).
+
+    ``environment`` says how to reach the host engine (default: this process's environment).
+    """
+    return _remove_labelled([f"{SESSION}={session_id}"], environment)
 
 
 def reap_process(session_id: str, pid: int, owns_session: bool) -> list[Removal]:
     """What the watchdog does when process ``pid`` is gone."""
-    removed = [Removal(o) for o in _remove_labelled([f"{SESSION}={session_id}", f"{PID}={pid}"])]
+    labels = [f"{SESSION}={session_id}", f"{PID}={pid}"]
+    removed = [Removal(o) for o in _remove_labelled(labels, None)]
     if owns_session:
         removed.extend(Removal(o) for o in reap_session(session_id))
         removed.extend(remove_session_dir(state_root() / "sessions" / session_id))

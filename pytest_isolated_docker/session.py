@@ -6,6 +6,7 @@ Shared by the hooks (``plugin``) and the fixtures (``fixtures``); no hooks or fi
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import os
 import threading
 from typing import Any
@@ -44,7 +45,12 @@ class DockerSession:
 
     def use_settings(self, settings: Settings) -> None:
         self.settings = settings
-        self.context = BackendContext(settings, identity=self.identity)
+        previous = getattr(self, "context", None)
+        self.context = (
+            BackendContext(settings, self.identity)
+            if previous is None
+            else dataclasses.replace(previous, settings=settings)
+        )
 
     def add_mirror(self, url: str) -> None:
         self.use_settings(
@@ -55,8 +61,8 @@ class DockerSession:
     def shared_context(self) -> BackendContext:
         """Context of the daemon shared by the session: labelled with the owner's pid, so that
         one worker's crash watchdog never removes what the other workers still use."""
-        return BackendContext(
-            self.settings, Identity(self.identity.session_id, "shared", self.owner_pid)
+        return dataclasses.replace(
+            self.context, identity=Identity(self.identity.session_id, "shared", self.owner_pid)
         )
 
     @property
@@ -126,7 +132,9 @@ class DockerSession:
         if self.owns_session:
             # Every worker is gone by now: whatever still carries the session's label was left
             # by a worker that crashed, and is a leak to remove and report.
-            self.session_leftovers = reap_session(self.identity.session_id)
+            self.session_leftovers = reap_session(
+                self.identity.session_id, self.context.host_environment
+            )
             remove_session_dir(self.context.session_dir)
         if self._watchdog is not None:
             self._watchdog.dismiss()

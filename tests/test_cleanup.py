@@ -118,6 +118,7 @@ def _dead_pid() -> int:
     return child.pid
 
 
+@pytest.mark.serial
 def test_prune_removes_only_what_dead_sessions_left(
     host_engine: docker.DockerClient, tmp_path: Path
 ) -> None:

@@ -267,3 +267,25 @@ def test_our_docker_client_wins_over_other_plugins(
     )
     result = _run(pytester, tmp_path, "-p", "pytest_docker_tools")
     result.assert_outcomes(passed=1)
+
+
+def test_daemons_start_on_the_host_engine_even_after_a_test_moved_docker_host(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """The host engine is the one the session began with, whatever tests do to os.environ."""
+    pytester.makepyfile(
+        """
+        import os
+        import pytest
+
+        def test_careless(docker_env):
+            os.environ.update(docker_env)  # never undone: DOCKER_HOST is now the isolated daemon
+
+        @pytest.mark.docker_daemon(fresh=True)
+        def test_fresh_daemon(docker_client):
+            assert docker_client.ping()
+        """
+    )
+    result = _run(pytester, tmp_path, "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*leaks at teardown: 0 [[]fresh for *test_fresh_daemon[]]*"])

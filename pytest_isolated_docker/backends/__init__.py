@@ -10,9 +10,11 @@ import abc
 import contextlib
 import functools
 import importlib
+import os
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,13 +29,27 @@ from ..labels import DAEMON, Identity
 from ..settings import Settings
 from ..tls import CertificateAuthority, ClientTLS
 
+HOST_ENGINE_VARIABLES = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
+
+
+def host_environment_now() -> dict[str, str]:
+    environment = {name: os.environ[name] for name in HOST_ENGINE_VARIABLES if name in os.environ}
+    # Never empty: docker.from_env() reads os.environ again when handed an empty mapping.
+    environment.setdefault("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return environment
+
 
 @dataclass(frozen=True)
 class BackendContext:
-    """What every backend gets: the settings, who it works for, and the session's shared files."""
+    """What every backend gets: the settings, who it works for, and the session's shared files.
+
+    ``host_environment`` is how the host engine was reached when the session began: a test that
+    later points DOCKER_HOST at its isolated daemon must not make the next daemon start in there.
+    """
 
     settings: Settings
     identity: Identity
+    host_environment: Mapping[str, str] = field(default_factory=host_environment_now)
 
     @property
     def session_dir(self) -> Path:
@@ -50,7 +66,7 @@ class BackendContext:
     def host_client(self, timeout: float = 60.0) -> docker.DockerClient:
         """A client of the host engine (DOCKER_HOST, else the default socket)."""
         try:
-            client = docker.from_env(timeout=int(timeout))
+            client = docker.from_env(timeout=int(timeout), environment=dict(self.host_environment))
             client.ping()
         except docker.errors.DockerException as exc:
             raise DaemonUnavailable(

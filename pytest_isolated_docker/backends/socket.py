@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
+from collections.abc import Mapping
 
 import docker
 
@@ -31,14 +32,14 @@ REFUSAL = (
 )
 
 
-def host_engine_url() -> str:
-    return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+def host_engine_url(environment: Mapping[str, str]) -> str:
+    return environment.get("DOCKER_HOST") or DEFAULT_HOST
 
 
-def _host_tls() -> ssl.SSLContext | None:
-    if not os.environ.get("DOCKER_TLS_VERIFY"):
+def _host_tls(environment: Mapping[str, str]) -> ssl.SSLContext | None:
+    if not environment.get("DOCKER_TLS_VERIFY"):
         return None
-    cert_path = os.environ.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker")
+    cert_path = environment.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker")
     context = ssl.create_default_context(cafile=os.path.join(cert_path, "ca.pem"))
     context.load_cert_chain(os.path.join(cert_path, "cert.pem"), os.path.join(cert_path, "key.pem"))
     return context
@@ -51,6 +52,10 @@ class SocketBackend(Backend):
     unsafe = True
 
     _proxy: LabelProxy | None = None
+
+    @property
+    def _upstream(self) -> str:
+        return host_engine_url(self.context.host_environment)
 
     @classmethod
     def problems(cls, context: BackendContext) -> list[str]:
@@ -68,7 +73,7 @@ class SocketBackend(Backend):
         identity = self.context.identity
         self._proxy = LabelProxy(
             self.context.session_dir / f"engine-{identity.worker}-{self.instance}.sock",
-            connector_for(host_engine_url(), _host_tls()),
+            connector_for(self._upstream, _host_tls(self.context.host_environment)),
             self.labels("test-object"),
         ).start()
         return Endpoint(self._proxy.base_url)
@@ -77,13 +82,13 @@ class SocketBackend(Backend):
         return 0.0  # the tests use the host engine itself: its images are already there
 
     def logs(self, tail: int) -> str:
-        return f"(the socket backend does not read the host engine's log: {host_engine_url()})"
+        return f"(the socket backend does not read the host engine's log: {self._upstream})"
 
     def owned_filters(self) -> dict[str, list[str]]:
         return {"label": [f"{DAEMON}={self.instance}"]}
 
     def details(self) -> dict[str, str]:
-        return {"mode": f"UNSAFE: the host's own engine at {host_engine_url()}"}
+        return {"mode": f"UNSAFE: the host's own engine at {self._upstream}"}
 
     def stop(self) -> None:
         if self._proxy is None:
