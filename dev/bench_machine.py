@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -46,11 +47,11 @@ def _row(name: str, values: list[float], target: str) -> dict[str, Any]:
 
 def rows() -> list[dict[str, Any]]:
     host = docker.from_env(timeout=600)
+    context = BackendContext(
+        Settings(backend="machine", startup_timeout=300), Identity(new_session_id())
+    )
     try:
         build_vm_image(host, quiet=True)
-        context = BackendContext(
-            Settings(backend="machine", startup_timeout=300), Identity(new_session_id())
-        )
         ready: list[float] = []
         container: list[float] = []
         accel = "?"
@@ -70,6 +71,7 @@ def rows() -> list[dict[str, Any]]:
                 raise RuntimeError(f"the machine backend left {leaks}")
     finally:
         host.close()
+        shutil.rmtree(context.session_dir, ignore_errors=True)
     return [
         _row(f"machine: VM ready ({accel})", ready, "<= 15 s p50 (TCG), <= 3 s with KVM"),
         _row(f"machine: container run inside ({accel})", container, "<= 3 s p50"),

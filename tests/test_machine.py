@@ -10,9 +10,14 @@ output formats and gives a real dockerd; a test against the real binary runs whe
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -307,3 +312,68 @@ def test_docker_machine_driver_with_real_binary(pytester: pytest.Pytester) -> No
     )  # fmt: skip
     result.assert_outcomes(passed=1)
     assert_nothing_left(session_of(result))
+
+
+# --- interruptions -----------------------------------------------------------------------------
+
+
+def _spawn_inner_pytest(directory: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=directory,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_for_vm(session: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    directory = state_root() / "sessions" / session
+    while not list(directory.glob("vm-*/qemu.pid")):
+        assert time.monotonic() < deadline, "no VM was started"
+        time.sleep(0.1)
+
+
+def _header_session(process: subprocess.Popen[bytes]) -> str:
+    assert process.stdout is not None
+    for raw in itertools.islice(process.stdout, 10):
+        match = re.search(r"isolated-docker: backend=\S+ .*session=(\S+)", raw.decode())
+        if match:
+            return match.group(1)
+    process.kill()
+    raise AssertionError("pytest printed no isolated-docker header")
+
+
+def test_ctrl_c_while_the_vm_boots_leaves_nothing(
+    pytester: pytest.Pytester, vm_image: Path
+) -> None:
+    pytester.makepyfile(NEEDS_DAEMON)
+    process = _spawn_inner_pytest(pytester.path, "--docker-backend=machine", STARTUP)
+    session = _header_session(process)
+    _wait_for_vm(session)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=SUBPROCESS_TIMEOUT)
+    assert process.returncode in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.TESTS_FAILED)
+    assert_nothing_left(session)
+
+
+def test_kill_9_while_the_vm_boots_takes_the_vm_down(
+    pytester: pytest.Pytester, vm_image: Path
+) -> None:
+    """QEMU dies with the process that started it (parent-death signal); the crash reaper then
+    removes the per-VM directory."""
+    pytester.makepyfile(NEEDS_DAEMON)
+    process = _spawn_inner_pytest(pytester.path, "--docker-backend=machine", STARTUP)
+    session = _header_session(process)
+    _wait_for_vm(session)
+    process.kill()
+    process.communicate()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert_nothing_left(session)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

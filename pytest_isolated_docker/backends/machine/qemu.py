@@ -142,6 +142,8 @@ class QemuDriver(MachineDriver):
         self.vm_dir = self.context.session_dir / f"vm-{backend.instance}"
         self.image_dir = vm_image_dir(self.settings)
         self._process: subprocess.Popen[bytes] | None = None
+        # Every QEMU launched (port retries included), for leftovers().
+        self._launched: list[subprocess.Popen[bytes]] = []
         self._accel = ""
         self._kvm_problem: str | None = None
         self._port = 0
@@ -250,6 +252,7 @@ class QemuDriver(MachineDriver):
                 start_new_session=True,
                 preexec_fn=_set_parent_death_signal,
             )
+        self._launched.append(self._process)
 
     def _wait_for_forwarding(self) -> bool:
         """True once QEMU listens on the forwarded port; False when another process took it."""
@@ -321,11 +324,14 @@ class QemuDriver(MachineDriver):
         shutil.rmtree(self.vm_dir, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
-        found: list[str] = []
-        pid_file = self.vm_dir / "qemu.pid"
+        found = [f"qemu process {p.pid}" for p in self._launched if p.poll() is None]
         with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text().strip())
-            if Path(f"/proc/{pid}/cmdline").read_bytes().find(b"qemu") >= 0:
+            # A QEMU this object does not know (say, left by a process that crashed).
+            pid = int((self.vm_dir / "qemu.pid").read_text().strip())
+            if (
+                pid not in {p.pid for p in self._launched}
+                and b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            ):
                 found.append(f"qemu process {pid}")
         if self.vm_dir.exists():
             found.append(f"directory {self.vm_dir}")
