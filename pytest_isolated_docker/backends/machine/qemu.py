@@ -24,6 +24,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 from ...coordination import cache_dir, locked, read_json, write_json
@@ -35,6 +36,7 @@ from . import MachineBackend, MachineDriver
 
 QEMU_BINARY = "qemu-system-x86_64"
 GUEST_PORT = 2376
+HOST_FROM_GUEST = "10.0.2.2"
 VCPUS = 2
 MEMORY_MIB = 2048
 KERNEL_ARGS = (
@@ -113,6 +115,16 @@ def _probe_kvm(binary: str, kernel: Path) -> str | None:
 
 def _vcpus() -> int:
     return min(VCPUS, os.cpu_count() or 1)
+
+
+def guest_url(url: str) -> str:
+    """``url`` as the guest reaches it: QEMU's user-mode network shows the host's loopback to the
+    guest as 10.0.2.2 (other host addresses are reachable as they are)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return url
+    netloc = HOST_FROM_GUEST + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _free_port() -> int:
@@ -199,7 +211,7 @@ class QemuDriver(MachineDriver):
             "labels": [f"{k}={v}" for k, v in self.backend.labels("machine").items()]
         }
         if self.settings.registry_mirror:
-            daemon_json["registry-mirrors"] = list(self.settings.registry_mirror)
+            daemon_json["registry-mirrors"] = [guest_url(m) for m in self.settings.registry_mirror]
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for name, data in (
