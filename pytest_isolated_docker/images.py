@@ -36,32 +36,41 @@ def _split(image: str) -> tuple[str, str]:
     return name, tag
 
 
-def ensure_on_host(host: docker.DockerClient, images: Iterable[str]) -> None:
+def pull_with_progress(host: docker.DockerClient, image: str) -> str | None:
+    """Pull ``image`` into ``host``, printing progress to stderr; the reason when it fails."""
+    print(f"pytest-isolated-docker: pulling {image} into the host engine", file=sys.stderr)
+    last = ""
+    try:
+        for event in host.api.pull(*_split(image), stream=True, decode=True):
+            if "error" in event:
+                return str(event["error"])
+            status = f"{event.get('id', '')} {event.get('status', '')}".strip()
+            if status != last:
+                print(f"  {status} {event.get('progress', '')}", file=sys.stderr, flush=True)
+                last = status
+    except docker.errors.DockerException as exc:
+        return str(getattr(exc, "explanation", None) or exc)
+    return None
+
+
+def ensure_on_host(host: docker.DockerClient, images: Iterable[str], phase: str, hint: str) -> None:
     """Make sure each image is in the host engine, pulling it once per host (file lock).
 
-    Raises a StartupError naming every image that is neither present nor pullable.
+    Raises a StartupError for ``phase`` naming every image that is neither present nor pullable,
+    followed by ``hint`` (what to do instead).
     """
     missing: list[str] = []
     for image in images:
         with locked(state_root() / f"pull-{hashlib.sha256(image.encode()).hexdigest()[:16]}.lock"):
-            try:
-                host.images.get(image)
+            if image_exists(host, image):
                 continue
-            except docker.errors.ImageNotFound:
-                pass
-            print(f"pytest-isolated-docker: pulling {image} into the host engine", file=sys.stderr)
-            try:
-                host.images.pull(*_split(image))
-            except docker.errors.DockerException as exc:
-                reason = getattr(exc, "explanation", None) or str(exc)
+            reason = pull_with_progress(host, image)
+            if reason is not None:
                 missing.append(f"{image} ({reason})")
     if missing:
         raise StartupError(
-            "preload",
-            "image(s) to preload are not in the host engine and cannot be pulled: "
-            + "; ".join(missing)
-            + ". Build or load them into the host engine first (docker build / docker load), or "
-            "fix the names given to --docker-preload.",
+            phase,
+            "not in the host engine and cannot be pulled: " + "; ".join(missing) + f". {hint}",
         )
 
 

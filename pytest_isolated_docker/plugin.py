@@ -157,7 +157,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         except DaemonUnavailable:
             return  # each test reports (or skips on) the unreachable engine itself
         try:
-            ensure_on_host(host, state.settings.preload)
+            ensure_on_host(
+                host,
+                state.settings.preload,
+                "preload",
+                "Build or load them into the host engine first (docker build / docker load), or "
+                "fix the names given to --docker-preload.",
+            )
         except StartupError as exc:
             raise pytest.UsageError(f"{exc} (from {state.settings.sources['preload']})") from None
         finally:

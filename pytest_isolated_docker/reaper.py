@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -26,7 +26,7 @@ from typing import IO
 import docker
 import docker.errors
 
-from .backends import describe_objects
+from .backends import describe_objects, list_objects
 from .coordination import read_json, state_root, write_json
 from .daemon import remove_objects
 from .labels import HOST, PID, SESSION, host_id
@@ -105,21 +105,8 @@ def remove_session_dir(session_dir: Path, dry_run: bool = False) -> list[Removal
 
 def _labelled(client: docker.DockerClient) -> dict[tuple[str, str], set[str]]:
     """(session, pid) pairs of this host's labelled objects, with what they are."""
-    api = client.api
-    filters = {"label": [SESSION, f"{HOST}={host_id()}"]}
     found: dict[tuple[str, str], set[str]] = {}
-    objects: Iterable[tuple[str, dict[str, str]]] = [
-        *(
-            (f"container {c['Names'][0].lstrip('/')}", c["Labels"])
-            for c in api.containers(all=True, filters=filters)
-        ),
-        *((f"network {n['Name']}", n["Labels"]) for n in api.networks(filters=filters)),
-        *(
-            (f"volume {v['Name']}", v["Labels"])
-            for v in api.volumes(filters=filters).get("Volumes") or []
-        ),
-    ]
-    for what, labels in objects:
+    for what, labels in list_objects(client, {"label": [SESSION, f"{HOST}={host_id()}"]}):
         key = (labels.get(SESSION, ""), labels.get(PID, ""))
         found.setdefault(key, set()).add(what)
     return found

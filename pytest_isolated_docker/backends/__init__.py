@@ -163,15 +163,24 @@ class Backend(abc.ABC):
             return describe_objects(host, {"label": [f"{DAEMON}={self.instance}"]})
 
 
-def describe_objects(client: docker.DockerClient, filters: dict[str, list[str]]) -> list[str]:
-    """``kind name`` of each container, network and volume matching ``filters``."""
+def list_objects(
+    client: docker.DockerClient, filters: dict[str, list[str]]
+) -> list[tuple[str, dict[str, str]]]:
+    """``("kind name", labels)`` of each container, network and volume matching ``filters``."""
     api = client.api
     found = [
-        f"container {c['Names'][0].lstrip('/')}" for c in api.containers(all=True, filters=filters)
+        (f"container {c['Names'][0].lstrip('/')}", c["Labels"] or {})
+        for c in api.containers(all=True, filters=filters)
     ]
-    found += [f"network {n['Name']}" for n in api.networks(filters=filters)]
-    found += [f"volume {v['Name']}" for v in api.volumes(filters=filters).get("Volumes") or []]
+    found += [(f"network {n['Name']}", n["Labels"] or {}) for n in api.networks(filters=filters)]
+    volumes = api.volumes(filters=filters).get("Volumes") or []
+    found += [(f"volume {v['Name']}", v["Labels"] or {}) for v in volumes]
     return found
+
+
+def describe_objects(client: docker.DockerClient, filters: dict[str, list[str]]) -> list[str]:
+    """``kind name`` of each container, network and volume matching ``filters``."""
+    return [what for what, _ in list_objects(client, filters)]
 
 
 _BACKEND_MODULES = {

@@ -12,7 +12,6 @@ import contextlib
 import io
 import os
 import socket
-import sys
 import tarfile
 import time
 from typing import Any
@@ -24,6 +23,7 @@ from docker.models.containers import Container
 from ..coordination import cache_dir, locked, read_json, write_json
 from ..daemon import Endpoint, phase
 from ..errors import StartupError
+from ..images import ensure_on_host
 from ..tls import ServerTLS
 from . import Backend, BackendContext
 
@@ -123,26 +123,6 @@ def own_container(host: docker.DockerClient) -> Container | None:
     return container
 
 
-def pull_with_progress(host: docker.DockerClient, image: str, hint: str) -> None:
-    """Pull ``image``, printing progress to stderr; a StartupError naming it on failure."""
-    repository, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
-    print(f"pytest-isolated-docker: pulling {image} ...", file=sys.stderr, flush=True)
-    try:
-        last = ""
-        for event in host.api.pull(repository, tag or "latest", stream=True, decode=True):
-            if "error" in event:
-                raise docker.errors.APIError(event["error"])
-            status = f"{event.get('id', '')} {event.get('status', '')}".strip()
-            if status != last:
-                print(f"  {status} {event.get('progress', '')}", file=sys.stderr, flush=True)
-                last = status
-    except docker.errors.DockerException as exc:
-        raise StartupError(
-            "pull",
-            f"image {image!r} is not on the host engine and cannot be pulled ({exc}). {hint}",
-        ) from exc
-
-
 class DindBackend(Backend):
     """A dockerd in a container of the host engine, reached over mutual TLS on 127.0.0.1."""
 
@@ -211,15 +191,13 @@ class DindBackend(Backend):
         return backend
 
     def _ensure_image(self, host: docker.DockerClient, image: str) -> None:
-        try:
-            host.images.get(image)
-        except docker.errors.ImageNotFound:
-            pull_with_progress(
-                host,
-                image,
-                "Build an image offline with `pytest-isolated-docker build-image dind` and pass "
-                "its name to --docker-dind-image, or pick an image the host engine has.",
-            )
+        ensure_on_host(
+            host,
+            [image],
+            "pull",
+            "Build an image offline with `pytest-isolated-docker build-image dind` and pass its "
+            "name to --docker-dind-image, or pick an image the host engine has.",
+        )
 
     def _create(self, host: docker.DockerClient, image: str, mode: dict[str, Any]) -> str:
         """Create the container with the low-level API: docker-py's models cannot express
