@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import subprocess
+import sys
+from pathlib import Path
 
 import docker
 import pytest
@@ -28,6 +31,16 @@ def labelled(host: docker.DockerClient, session: str | None = None) -> list[str]
     """Objects on the host engine carrying our session label (of one session, or of any)."""
     label = f"{SESSION}={session}" if session else SESSION
     return describe_objects(host, {"label": [label]})
+
+
+def spawn_pytest(directory: Path, *args: str) -> subprocess.Popen[bytes]:
+    """An inner pytest run we can signal (SIGINT, SIGKILL) while it works."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=directory,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def session_of(output: str) -> str:

@@ -17,7 +17,7 @@ from pytest_isolated_docker.coordination import state_root
 from pytest_isolated_docker.labels import HOST, PID, SESSION, host_id
 from pytest_isolated_docker.reaper import claim_session
 
-from .conftest import labelled
+from .conftest import labelled, spawn_pytest
 
 SLOW_TEST = """
 import time
@@ -28,15 +28,6 @@ def test_slow(docker_client):
     open("started", "w").close()
     time.sleep(300)
 """
-
-
-def _spawn_pytest(directory: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=directory,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
 
 
 def _wait_for(condition: object, timeout: float, what: str) -> None:
@@ -64,7 +55,7 @@ def test_kill_9_leaves_nothing_behind(
     pytester: pytest.Pytester, host_engine: docker.DockerClient, workers: list[str]
 ) -> None:
     pytester.makepyfile(SLOW_TEST)
-    process = _spawn_pytest(
+    process = spawn_pytest(
         pytester.path, "-p", "no:randomly", "--docker-preload", "debian:bookworm-slim", *workers
     )
     session = _session_from_header(process)
@@ -88,7 +79,7 @@ def test_keyboard_interrupt_during_startup(
     pytester: pytest.Pytester, host_engine: docker.DockerClient
 ) -> None:
     pytester.makepyfile("def test_one(docker_client):\n    pass\n")
-    process = _spawn_pytest(pytester.path, "--docker-preload", "debian:bookworm-slim")
+    process = spawn_pytest(pytester.path, "--docker-preload", "debian:bookworm-slim")
     session = _session_from_header(process)
     _wait_for(lambda: labelled(host_engine, session) != [], 60, "the dind container")
     process.send_signal(signal.SIGINT)

@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,8 @@ import pytest
 
 from pytest_isolated_docker.coordination import cache_dir, state_root
 from pytest_isolated_docker.images import build_vm_image
+
+from .conftest import spawn_pytest
 
 STANDINS = Path(__file__).parent / "standins"
 PRELOAD = "--docker-preload=debian:bookworm-slim"
@@ -317,15 +318,6 @@ def test_docker_machine_driver_with_real_binary(pytester: pytest.Pytester) -> No
 # --- interruptions -----------------------------------------------------------------------------
 
 
-def _spawn_inner_pytest(directory: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=directory,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
 def _wait_for_vm(session: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     directory = state_root() / "sessions" / session
@@ -348,7 +340,7 @@ def test_ctrl_c_while_the_vm_boots_leaves_nothing(
     pytester: pytest.Pytester, vm_image: Path
 ) -> None:
     pytester.makepyfile(NEEDS_DAEMON)
-    process = _spawn_inner_pytest(pytester.path, "--docker-backend=machine", STARTUP)
+    process = spawn_pytest(pytester.path, "--docker-backend=machine", STARTUP)
     session = _header_session(process)
     _wait_for_vm(session)
     process.send_signal(signal.SIGINT)
@@ -363,7 +355,7 @@ def test_kill_9_while_the_vm_boots_takes_the_vm_down(
     """QEMU dies with the process that started it (parent-death signal); the crash reaper then
     removes the per-VM directory."""
     pytester.makepyfile(NEEDS_DAEMON)
-    process = _spawn_inner_pytest(pytester.path, "--docker-backend=machine", STARTUP)
+    process = spawn_pytest(pytester.path, "--docker-backend=machine", STARTUP)
     session = _header_session(process)
     _wait_for_vm(session)
     process.kill()
