@@ -235,10 +235,6 @@ OPTIONS: tuple[OptionSpec, ...] = (
         is_list=True,
         metavar="URL",
     ),
-)
-
-OPTIONS = (
-    *OPTIONS,
     OptionSpec(
         "pull_through_cache",
         "Run one caching registry mirror per host (Debian's docker-registry, storage in the user "
