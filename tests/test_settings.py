@@ -134,3 +134,12 @@ def test_plugin_does_nothing_for_tests_without_docker(pytester: pytest.Pytester)
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1)
     assert "isolated docker daemons" not in result.stdout.str()
+
+
+def test_settings_defaults_match_the_option_table() -> None:
+    """Settings() (used by library callers) and the resolver agree on every default."""
+    from pytest_isolated_docker.settings import Settings
+
+    resolved = resolve({}, {}, {})
+    for spec in OPTIONS:
+        assert getattr(Settings(), spec.name) == getattr(resolved, spec.name), spec.name
