@@ -19,23 +19,6 @@ from pytest_isolated_docker import DockerDaemon
 
 
 @pytest.fixture
-def docker_client(docker_test_daemon: DockerDaemon) -> Iterator[docker.DockerClient]:
-    """A client of the test's isolated daemon, whoever else defines ``docker_client``.
-
-    pytest-docker-tools' plugin defines a session-scoped ``docker_client`` too
-    (``docker.from_env()``: the host's engine). pytest-isolated-docker registers its fixtures after
-    every installed plugin so that its own wins; a fixture in ``conftest.py`` wins over every
-    plugin, so this override makes the choice explicit (for our tests and for every
-    pytest-docker-tools fixture), and it is where to choose another scope.
-    """
-    client = docker_test_daemon.new_client()
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
 def docker_py_env(docker_env: dict[str, str]) -> dict[str, str]:
     """``docker_env`` for tools built on docker-py and requests (testcontainers, docker-compose v1).
 

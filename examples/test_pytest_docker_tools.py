@@ -2,8 +2,7 @@
 
 pytest-docker-tools builds every container, image and network fixture on a fixture named
 ``docker_client``, and defines one on the host engine. pytest-isolated-docker's own, registered
-after every other plugin, wins; examples/conftest.py also pins the name to the isolated daemon (a
-``conftest.py`` fixture beats every plugin), so these fixtures never reach the host engine.
+after every other plugin, wins, so these fixtures never reach the host engine.
 """
 
 from __future__ import annotations
