@@ -8,9 +8,12 @@ disk are written mode 0600.
 from __future__ import annotations
 
 import datetime
+import io
 import ipaddress
 import os
-from collections.abc import Iterable
+import tarfile
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +53,27 @@ class ServerTLS:
     ca_cert: bytes
     cert: bytes
     key: bytes
+
+
+def server_archive(
+    server: ServerTLS, prefix: str = "", extra: Sequence[tuple[str, bytes]] = ()
+) -> bytes:
+    """A daemon's TLS files (``ca.pem``, ``cert.pem``, ``key.pem`` 0600) as a tar, followed by
+    ``extra`` files in order, for copying into a container or a VM's config disk."""
+    members = [
+        ("ca.pem", server.ca_cert, 0o644),
+        ("cert.pem", server.cert, 0o644),
+        ("key.pem", server.key, 0o600),
+        *((name, data, 0o644) for name, data in extra),
+    ]
+    buffer = io.BytesIO()
+    # USTAR: the small tar of a VM's initramfs reads no newer format.
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data, mode in members:
+            info = tarfile.TarInfo(prefix + name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:

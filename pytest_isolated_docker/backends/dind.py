@@ -9,11 +9,8 @@ in, and only then does dockerd start, listening with ``--tlsverify`` on a port p
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import socket
-import tarfile
-import time
 from typing import Any
 
 import docker
@@ -24,7 +21,7 @@ from ..coordination import cache_dir, locked, read_json, write_json
 from ..daemon import Endpoint, phase
 from ..errors import StartupError
 from ..images import ensure_on_host
-from ..tls import ServerTLS
+from ..tls import server_archive
 from . import Backend, BackendContext
 
 DOCKERD_PORT = 2376
@@ -92,22 +89,6 @@ def _volume_options(storage: str) -> dict[str, str]:
     return {}
 
 
-def _certs_archive(server: ServerTLS) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        members = [
-            ("ca.pem", server.ca_cert, 0o644),
-            ("cert.pem", server.cert, 0o644),
-            ("key.pem", server.key, 0o600),
-            ("ready", b"", 0o644),  # last: the entrypoint waits for it
-        ]
-        for name, data, mode in members:
-            info = tarfile.TarInfo(f"certs/{name}")
-            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def own_container(host: docker.DockerClient) -> Container | None:
     """The container this process runs in, if it is one of the host engine's.
 
@@ -168,7 +149,8 @@ class DindBackend(Backend):
             tls = self.context.ca.server_tls(
                 ["127.0.0.1", "localhost", address, container.name or "", *self._container_ips()]
             )
-            container.put_archive("/", _certs_archive(tls))
+            # "ready" comes last: the entrypoint waits for it before starting dockerd.
+            container.put_archive("/", server_archive(tls, "certs/", [("ready", b"")]))
         return Endpoint(f"tcp://{address}:{port}", self.context.client_tls)
 
     def share_state(self) -> dict[str, Any]:

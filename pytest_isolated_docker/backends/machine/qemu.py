@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import io
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import tarfile
 import tempfile
 import time
 import urllib.parse
@@ -31,6 +29,7 @@ from ...coordination import cache_dir, locked, read_json, write_json
 from ...daemon import Endpoint
 from ...errors import StartupError
 from ...images import VM_FILES, missing_vm_files, vm_image_dir
+from ...tls import server_archive
 from .. import BackendContext
 from . import MachineBackend, MachineDriver
 
@@ -212,20 +211,10 @@ class QemuDriver(MachineDriver):
         }
         if self.settings.registry_mirror:
             daemon_json["registry-mirrors"] = [guest_url(m) for m in self.settings.registry_mirror]
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name, data in (
-                ("ca.pem", server.ca_cert),
-                ("cert.pem", server.cert),
-                ("key.pem", server.key),
-                ("daemon.json", json.dumps(daemon_json).encode()),
-            ):
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
-                tar.addfile(info, io.BytesIO(data))
+        archive = server_archive(server, extra=[("daemon.json", json.dumps(daemon_json).encode())])
         fd = os.open(self.vm_dir / "config.tar", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
+            handle.write(archive)
 
     def _command(self, binary: str) -> list[str]:
         accel = ["-accel", "kvm", "-cpu", "host"] if self._accel == "kvm" else [
