@@ -219,6 +219,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
         metavar="DIR",
     ),
     OptionSpec(
+        "vm_boot",
+        "How the qemu driver starts a VM: 'snapshot' restores it from a snapshot of a VM booted "
+        "once per VM image and QEMU version, then configures it (default; seconds instead of a "
+        "full boot under emulation); 'cold' boots each VM from its kernel.",
+        "snapshot",
+        _parse_choice(("snapshot", "cold")),
+        choices=("snapshot", "cold"),
+    ),
+    OptionSpec(
         "preload",
         "Image taken from the host engine and loaded into each isolated daemon as it starts "
         "(repeatable; comma-separated in the environment).",
@@ -271,6 +280,7 @@ class Settings:
     machine_driver: str = "qemu"
     machine_opt: tuple[str, ...] = ()
     vm_image: str = ""
+    vm_boot: str = "snapshot"
     preload: tuple[str, ...] = ()
     registry_mirror: tuple[str, ...] = ()
     pull_through_cache: bool = False

@@ -59,7 +59,7 @@ def server_archive(
     server: ServerTLS, prefix: str = "", extra: Sequence[tuple[str, bytes]] = ()
 ) -> bytes:
     """A daemon's TLS files (``ca.pem``, ``cert.pem``, ``key.pem`` 0600) as a tar, followed by
-    ``extra`` files in order, for copying into a container or a VM's config disk."""
+    ``extra`` files in order, for copying into a container or sending to a VM."""
     members = [
         ("ca.pem", server.ca_cert, 0o644),
         ("cert.pem", server.cert, 0o644),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -121,7 +122,12 @@ def test_container_writing_to_root_of_its_host_does_not_touch_the_real_host(
         timeout=SUBPROCESS_TIMEOUT,
     )  # fmt: skip
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*machine qemu * vCPU at tcp://127.0.0.1:*leaks at teardown: 0*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*machine qemu * vCPU, restored from a snapshot* at tcp://127.0.0.1:*"
+            "leaks at teardown: 0*"
+        ]
+    )
     assert not Path(f"/tmp/{marker}").exists()
     assert_nothing_left(session_of(result))
 
@@ -189,11 +195,13 @@ def test_vm_image_missing_is_a_clear_error(pytester: pytest.Pytester, tmp_path: 
     assert_nothing_left(session_of(result))
 
 
+@pytest.mark.parametrize("boot", ["snapshot", "cold"])
 def test_vm_that_dies_fails_fast_with_its_console(
-    pytester: pytest.Pytester, vm_image: Path, tmp_path: Path
+    pytester: pytest.Pytester, vm_image: Path, tmp_path: Path, boot: str
 ) -> None:
     """A root disk that is not ext4: the guest panics, QEMU exits, and the error shows the
-    console; the startup timeout (400 s) is not waited out (the test would then time out)."""
+    console; the startup timeout (400 s) is not waited out (the test would then time out).
+    With snapshots, it is the snapshot's boot that fails, and no snapshot is kept."""
     broken = tmp_path / "broken-image"
     broken.mkdir()
     for name in ("vmlinuz", "initrd.img"):
@@ -202,18 +210,88 @@ def test_vm_that_dies_fails_fast_with_its_console(
         disk.truncate(64 * 1024 * 1024)
     pytester.makepyfile(NEEDS_DAEMON)
     result = pytester.runpytest_subprocess(
-        "--docker-backend=machine", f"--docker-vm-image={broken}", STARTUP,
-        "-p", "no:cacheprovider", timeout=SUBPROCESS_TIMEOUT,
+        "--docker-backend=machine", f"--docker-vm-image={broken}", f"--docker-vm-boot={boot}",
+        STARTUP, "-p", "no:cacheprovider", timeout=SUBPROCESS_TIMEOUT,
     )  # fmt: skip
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
-            "*the daemon stopped before answering: QEMU exited*",
+            "*QEMU exited with code * while booting*",
             "*last 50 lines of the VM's log*",
             "*initramfs: cannot mount the root disk /dev/vda*",
         ]
     )
     assert_nothing_left(session_of(result))
+    assert snapshots_of(broken / "disk.img") == []
+
+
+def snapshots_of(root_disk: Path) -> list[Path]:
+    """Snapshot directories (finished or being built) made from ``root_disk``."""
+    found = []
+    for directory in (cache_dir() / "vm-snapshots").glob("*"):
+        meta = directory / "meta.json"
+        if meta.exists() and json.loads(meta.read_text())["root_disk"] == str(root_disk):
+            found.append(directory)
+    return found
+
+
+def test_cold_boot_runs_the_same_tests(pytester: pytest.Pytester, vm_image: Path) -> None:
+    pytester.makepyfile(NEEDS_DAEMON)
+    result = pytester.runpytest_subprocess(
+        "--docker-backend=machine", "--docker-vm-boot=cold", STARTUP, "-p", "no:cacheprovider",
+        timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*machine qemu * vCPU, cold boot at tcp://*leaks at teardown: 0*"])
+    assert_nothing_left(session_of(result))
+
+
+def test_snapshot_is_made_once_and_a_killed_build_leaves_nothing(
+    pytester: pytest.Pytester, vm_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot cache of its own (and an image copy: a snapshot belongs to its disk). The first
+    run is killed while it makes the snapshot; the next makes it (and removes the dead build);
+    the third restores from it without making one."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    image = tmp_path / "image"
+    image.mkdir()
+    for name in ("vmlinuz", "initrd.img", "disk.img"):
+        subprocess.run(["cp", "--sparse=always", str(vm_image / name), str(image)], check=True)
+    snapshots = cache / "pytest-isolated-docker" / "vm-snapshots"
+    pytester.makepyfile(NEEDS_DAEMON)
+    args = ("--docker-backend=machine", f"--docker-vm-image={image}", STARTUP)
+
+    process = spawn_pytest(pytester.path, *args)
+    session = _header_session(process)
+    deadline = time.monotonic() + 120
+    while not list(snapshots.glob("*.build-*")):
+        assert time.monotonic() < deadline, "no snapshot build started"
+        time.sleep(0.1)
+    process.kill()
+    process.communicate()
+    deadline = time.monotonic() + 30
+    while [p for p in processes_mentioning(f"pid-{session}") if "qemu" in p]:
+        assert time.monotonic() < deadline, "the snapshot's QEMU outlived its pytest"
+        time.sleep(0.2)
+    assert list(snapshots.glob("*.build-*")) != []  # until the next run cleans it
+
+    made = pytester.runpytest_subprocess(
+        *args, "-p", "no:cacheprovider", timeout=SUBPROCESS_TIMEOUT
+    )
+    made.assert_outcomes(passed=1)
+    made.stdout.fnmatch_lines(["*restored from a snapshot (made in * s) at tcp://*"])
+    assert list(snapshots.glob("*.build-*")) == []
+    assert len(list(snapshots.glob("*/meta.json"))) == 1
+    assert_nothing_left(session)
+    assert_nothing_left(session_of(made))
+
+    reused = pytester.runpytest_subprocess(
+        *args, "-p", "no:cacheprovider", timeout=SUBPROCESS_TIMEOUT
+    )
+    reused.assert_outcomes(passed=1)
+    reused.stdout.fnmatch_lines(["*qemu * vCPU, restored from a snapshot at tcp://*"])
+    assert len(list(snapshots.glob("*/meta.json"))) == 1
 
 
 # --- docker-machine drivers -----------------------------------------------------------------

@@ -1,9 +1,10 @@
 #!/bin/sh
 # PID 1 of the machine backend's VM (kernel argument init=/sbin/pytest-isolated-docker-init).
 # Mounts the kernel filesystems, loads the modules dockerd needs, configures QEMU's user-mode
-# network, unpacks the certificates and daemon.json from the config disk (/dev/vdb, a tar made by
-# the plugin), and runs containerd, then dockerd with mutual TLS on 0.0.0.0:2376. When dockerd
-# exits, so does this script: the kernel panics (panic=1) and QEMU, started with -no-reboot, exits.
+# network and runs containerd; then waits for the host's configuration on the control channel
+# (certificates, daemon.json, clock, entropy; see backends/machine/vm.py) and runs dockerd with
+# mutual TLS on 0.0.0.0:2376. When dockerd exits, so does this script: the kernel panics (panic=1)
+# and QEMU, started with -no-reboot, exits.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 say() { echo "pytest-isolated-docker-init: [$(cut -d" " -f1 /proc/uptime 2>/dev/null)] $*"; }
 
@@ -43,13 +44,6 @@ ip route add default via 10.0.2.2
 echo "nameserver 10.0.2.3" > /etc/resolv.conf
 say "network: $nic 10.0.2.15/24 via 10.0.2.2"
 
-mkdir -p /etc/pytest-isolated-docker /etc/docker
-if ! tar -xf /dev/vdb -C /etc/pytest-isolated-docker; then
-    say "cannot read the config disk /dev/vdb"; exit 1
-fi
-chmod 0600 /etc/pytest-isolated-docker/key.pem
-cp /etc/pytest-isolated-docker/daemon.json /etc/docker/daemon.json
-
 # containerd is started here rather than by dockerd: dockerd gives the containerd it supervises a
 # fixed time to answer, which a VM under TCG on a busy host can exceed.
 say "starting containerd"
@@ -60,6 +54,38 @@ while [ ! -S /run/containerd/containerd.sock ]; do
     kill -0 "$containerd_pid" 2>/dev/null || { say "containerd exited"; exit 1; }
     sleep 0.05
 done
+
+# Everything above is the same in every VM; what follows is not. A VM snapshot is taken while
+# this script waits below, and VMs restored from it resume there. The host's answer on the
+# control channel (the second serial port, kept open so that nothing sent is lost) is one line:
+# "config <unix time> <base64 of a gzipped tar>".
+exec 3<>/dev/ttyS1
+stty raw -echo <&3
+if grep -qw pytest_isolated_docker.snapshot /proc/cmdline; then
+    sync
+    echo 3 > /proc/sys/vm/drop_caches  # a smaller snapshot
+fi
+say "waiting for the configuration"
+echo ready >&3
+read -r kind now payload <&3
+exec 3>&-
+if [ "$kind" != config ]; then
+    say "unexpected answer on the control channel: $kind"; exit 1
+fi
+date -s "@$now" > /dev/null
+mkdir -p /etc/pytest-isolated-docker /etc/docker
+if ! echo "$payload" | base64 -d | tar -xz -C /etc/pytest-isolated-docker; then
+    say "cannot unpack the configuration"; exit 1
+fi
+# VMs restored from one snapshot share the kernel's random state: mix in the host's seed and
+# reseed now (RNDRESEEDCRNG) rather than at the kernel's next periodic reseed.
+cat /etc/pytest-isolated-docker/entropy > /dev/urandom
+perl -e 'open(my $f, "<", "/dev/urandom") or die; ioctl($f, 0x5207, 0) or die "reseed: $!\n"' \
+    || say "could not reseed the kernel's random generator"
+rm -f /etc/pytest-isolated-docker/entropy
+chmod 0600 /etc/pytest-isolated-docker/key.pem
+cp /etc/pytest-isolated-docker/daemon.json /etc/docker/daemon.json
+say "configuration received"
 
 say "starting dockerd"
 dockerd \

@@ -1,0 +1,178 @@
+"""VM snapshots: boot once, restore many times.
+
+Under TCG most of a VM's start-up is its kernel, its modules and containerd coming up. So the
+first VM of a machine (image, QEMU version, accelerator, size) is booted once more to be
+snapshotted: its init stops where every VM differs, waiting on the control channel for its
+configuration (certificates, labels, clock, entropy), and QEMU saves its memory and devices
+(``migrate`` to a file) beside a qcow2 overlay holding what the guest had written to its disk. Each
+VM then starts with ``-incoming`` from that file on a throw-away overlay of the same disk: it
+resumes where the snapshot was taken, gets its own configuration and starts dockerd, whose TLS keys
+are its own.
+
+Snapshots are cached per machine in ``<cache>/vm-snapshots/<key>/`` and made once (file lock);
+one whose build was killed is found by its dead builder's pid and removed at the next build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from ...coordination import cache_dir, locked, read_json, write_json
+from ...errors import StartupError
+from .vm import Disk, Machine, QemuProcess, tail
+
+# Bumped when the guest side of the protocol (recipes/vm/init.sh) changes what a snapshot holds.
+PROTOCOL = "1"
+STATE = "state"
+DISK = "disk.qcow2"
+META = "meta.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A saved VM waiting for its configuration: its memory/device state and its disk."""
+
+    directory: Path
+
+    @property
+    def state(self) -> Path:
+        return self.directory / STATE
+
+    def disk(self) -> Disk:
+        return Disk(self.directory / DISK, "qcow2", throwaway=True)
+
+
+def _qemu_version(binary: str) -> str:
+    result = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    return result.stdout.strip().splitlines()[0] if result.stdout.strip() else binary
+
+
+def _file_identity(path: Path) -> list[object]:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def snapshot_key(machine: Machine, root_disk: Path) -> str:
+    """Changes whenever a snapshot made with one of these could not be restored by another."""
+    identity = {
+        "protocol": PROTOCOL,
+        "qemu": _qemu_version(machine.binary),
+        "machine": {
+            field.name: str(getattr(machine, field.name))
+            for field in dataclasses.fields(machine)
+            if field.name not in ("kernel", "initrd")
+        },
+        "files": [_file_identity(p) for p in (machine.kernel, machine.initrd, root_disk)],
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+    return digest.hexdigest()[:20]
+
+
+def snapshots_dir() -> Path:
+    return cache_dir() / "vm-snapshots"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_dead_builds(parent: Path, key: str) -> None:
+    for build in parent.glob(f"{key}.build-*"):
+        pid = build.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and _pid_alive(int(pid))):
+            shutil.rmtree(build, ignore_errors=True)
+
+
+def _remove_orphans(parent: Path) -> None:
+    """Snapshots whose root disk is gone (an image rebuilt under a new key) are useless."""
+    for meta_file in parent.glob(f"*/{META}"):
+        root_disk = read_json(meta_file).get("root_disk", "")
+        if root_disk and not Path(root_disk).exists():
+            shutil.rmtree(meta_file.parent, ignore_errors=True)
+            meta_file.parent.with_name(f"{meta_file.parent.name}.lock").unlink(missing_ok=True)
+
+
+def ensure_snapshot(
+    machine: Machine, root_disk: Path, run_dir: Path, name: str, timeout: float
+) -> tuple[Snapshot, float]:
+    """The snapshot for ``machine`` booted from ``root_disk``, made now unless cached.
+
+    Returns it with the seconds spent making it (0 when it was cached). ``run_dir`` is where the
+    snapshot's QEMU runs (under the session dir, so that the crash reaper knows it).
+    """
+    parent = snapshots_dir()
+    parent.mkdir(parents=True, exist_ok=True)
+    key = snapshot_key(machine, root_disk)
+    final = parent / key
+    _remove_dead_builds(parent, key)
+    if (final / META).exists():
+        return Snapshot(final), 0.0
+    with locked(parent / f"{key}.lock", timeout=max(timeout * 2, 60)):
+        if (final / META).exists():
+            return Snapshot(final), 0.0
+        _remove_orphans(parent)
+        build = parent / f"{key}.build-{os.getpid()}"
+        build.mkdir()
+        started = time.monotonic()
+        try:
+            _take_snapshot(machine, root_disk, build, run_dir, name, timeout)
+            write_json(
+                build / META,
+                {"root_disk": str(root_disk.resolve()), "machine": name, "made": time.time()},
+            )
+            os.replace(build, final)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+        return Snapshot(final), time.monotonic() - started
+
+
+def _take_snapshot(
+    machine: Machine, root_disk: Path, build: Path, run_dir: Path, name: str, timeout: float
+) -> None:
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(root_disk.resolve()),
+         str(build / DISK)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    run_dir.mkdir(mode=0o700)
+    qemu = QemuProcess(run_dir, machine, name)
+
+    def diagnostics() -> str:
+        console = tail(qemu.console_log, 50) or "(no console output)"
+        return (
+            f"the boot that makes the VM snapshot ({root_disk}; --docker-vm-boot=cold boots "
+            f"each VM instead)\n--- last 50 lines of the VM's log ---\n{console}"
+        )
+
+    try:
+        qemu.launch(Disk(build / DISK, "qcow2", throwaway=False))
+        qemu.wait_until_guest_waits(timeout, diagnostics)
+        qemu.qmp("stop", timeout, diagnostics)
+        target = f"exec:cat > {shlex.quote(str(build / STATE))}"
+        qemu.qmp("migrate", timeout, diagnostics, uri=target)
+        deadline = time.monotonic() + timeout
+        while True:
+            status = qemu.qmp("query-migrate", timeout, diagnostics).get("status")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                raise StartupError(
+                    "start", f"saving the VM snapshot ended with status {status!r}", diagnostics()
+                )
+            time.sleep(0.05)
+    finally:
+        qemu.kill()

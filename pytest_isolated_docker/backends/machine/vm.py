@@ -1,0 +1,333 @@
+"""One QEMU process of the qemu driver, in a run directory of its own.
+
+Shared by the VMs tests use and by the boot that makes a VM snapshot (``snapshot.py``): the same
+machine (CPU, memory, kernel, devices) is described once here, so that a snapshot taken of one
+QEMU can be restored by another.
+
+The run directory holds QEMU's pid file (``qemu.pid``: the crash reaper kills those found in
+``<session dir>/vm-*/``), its output, the guest console (serial 0), the control channel (serial 1,
+a unix socket) and the QMP socket. QEMU gets ``TMPDIR`` pointing there, so the temporary
+copy-on-write file of ``snapshot=on`` goes with the directory.
+
+The control channel carries one exchange: the guest's init writes ``ready`` once it waits for its
+configuration (containerd is up), and the host answers with one line,
+``config <unix time> <base64 of a gzipped tar>`` (TLS files, daemon.json, an entropy seed).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import dataclasses
+import gzip
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from ...errors import StartupError
+
+QEMU_BINARY = "qemu-system-x86_64"
+GUEST_PORT = 2376
+KERNEL_ARGS = (
+    "console=ttyS0 root=/dev/vda rw rootfstype=ext4 init=/sbin/pytest-isolated-docker-init "
+    "panic=1 quiet loglevel=3 mitigations=off"
+)
+# On the kernel command line of a snapshot's boot (and so of every VM restored from it): the
+# guest's init then flushes and drops its caches before it waits, which makes the snapshot smaller.
+SNAPSHOT_KERNEL_ARG = "pytest_isolated_docker.snapshot"
+READY_LINE = b"ready\n"
+
+#: Builds the text attached to an error (console tail, state) when the error happens.
+Diagnostics = Callable[[], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """What a VM is made of. Two QEMUs with equal machines can hand a snapshot to each other."""
+
+    binary: str
+    kernel: Path
+    initrd: Path
+    accel: str  # "kvm" or "tcg"
+    vcpus: int
+    memory_mib: int
+    snapshot_boot: bool  # booted to be snapshotted (or restored from such a snapshot)
+
+    def accel_args(self) -> list[str]:
+        if self.accel == "kvm":
+            return ["-accel", "kvm", "-cpu", "host"]
+        # Under TCG the plain qemu64 CPU boots faster than "max": guest code avoids the AVX-class
+        # paths that are costly to emulate.
+        return ["-accel", "tcg,thread=multi", "-cpu", "qemu64"]
+
+    def kernel_args(self) -> str:
+        return KERNEL_ARGS + (f" {SNAPSHOT_KERNEL_ARG}" if self.snapshot_boot else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Disk:
+    """The root disk: a file, its format, and whether writes go to a throw-away overlay."""
+
+    path: Path
+    format: str
+    throwaway: bool = True
+
+    def drive_arg(self) -> str:
+        spec = f"file={self.path},if=virtio,format={self.format}"
+        return spec + (",snapshot=on" if self.throwaway else "")
+
+
+def _set_parent_death_signal() -> None:
+    # Runs in the child between fork and exec: QEMU gets SIGKILL when the thread that started it
+    # dies, so a VM cannot outlive a killed pytest even before the crash reaper runs.
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 256 * 1024))
+            text = handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def config_line(archive: bytes, now: float | None = None) -> bytes:
+    """The control channel's answer to ``ready``: the guest's clock and its configuration."""
+    payload = base64.b64encode(gzip.compress(archive)).decode()
+    return f"config {time.time() if now is None else now:.3f} {payload}\n".encode()
+
+
+class QemuProcess:
+    """A QEMU running ``machine`` in ``run_dir``; :meth:`kill` ends it and removes the dir."""
+
+    def __init__(self, run_dir: Path, machine: Machine, name: str) -> None:
+        self.run_dir = run_dir
+        self.machine = machine
+        self.name = name
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+
+    @property
+    def console_log(self) -> Path:
+        return self.run_dir / "console.log"
+
+    @property
+    def output_log(self) -> Path:
+        return self.run_dir / "qemu.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "qemu.pid"
+
+    def command(self, disk: Disk, port: int | None, incoming: Path | None) -> list[str]:
+        machine, run = self.machine, self.run_dir
+        netdev = "user,id=net0"
+        if port is not None:
+            netdev += f",hostfwd=tcp:127.0.0.1:{port}-:{GUEST_PORT}"
+        command = [
+            machine.binary,
+            "-name", f"{self.name},process=pytest-isolated-docker-vm",
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            *machine.accel_args(),
+            "-smp", str(machine.vcpus), "-m", str(machine.memory_mib),
+            "-kernel", str(machine.kernel), "-initrd", str(machine.initrd),
+            "-append", machine.kernel_args(),
+            "-drive", disk.drive_arg(),
+            "-netdev", netdev,
+            "-device", "virtio-net-pci,netdev=net0",
+            "-device", "virtio-rng-pci",
+            "-serial", f"file:{self.console_log}",
+            "-serial", f"unix:{run / 'control.sock'},server=on,wait=off",
+            "-qmp", f"unix:{run / 'qmp.sock'},server=on,wait=off",
+            "-pidfile", str(self.pid_file),
+        ]  # fmt: skip
+        if incoming is not None:
+            command += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
+        return command
+
+    def launch(self, disk: Disk, port: int | None = None, incoming: Path | None = None) -> None:
+        """Start QEMU; with ``incoming``, it waits for the snapshot in that file, paused."""
+        self.close_control()
+        self.port = port or 0
+        for stale in ("control.sock", "qmp.sock", "console.log"):
+            (self.run_dir / stale).unlink(missing_ok=True)
+        with self.output_log.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command(disk, port, incoming),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "TMPDIR": str(self.run_dir)},
+                # Its own session: a Ctrl-C meant for pytest must not kill the VM before the
+                # plugin removes it in order; the parent-death signal covers pytest being killed.
+                start_new_session=True,
+                preexec_fn=_set_parent_death_signal,
+            )
+
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def output(self) -> str:
+        return (
+            self.output_log.read_text(errors="replace").strip() if self.output_log.exists() else ""
+        )
+
+    def _check_running(self, doing: str, diagnostics: Diagnostics) -> None:
+        code = self.exit_code()
+        if code is not None:
+            raise StartupError(
+                "start",
+                f"QEMU exited with code {code} while {doing}: {self.output()[-2000:]}",
+                diagnostics(),
+            )
+
+    def wait_for_forwarding(self, timeout: float, diagnostics: Diagnostics) -> bool:
+        """True once QEMU listens on the forwarded port; False when another process took it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.exit_code() is not None:
+                output = self.output()
+                if "hostfwd" in output or "host forwarding" in output:
+                    self.process = None
+                    return False
+                self._check_running("opening its port", diagnostics)
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                return True
+            time.sleep(0.02)
+        raise StartupError(
+            "start",
+            f"QEMU did not open 127.0.0.1:{self.port} within {timeout:.0f} s",
+            diagnostics(),
+        )
+
+    def _connect(self, name: str, timeout: float, diagnostics: Diagnostics) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_running(f"opening its {name} socket", diagnostics)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(self.run_dir / name))
+                return sock
+            except OSError:
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise StartupError(
+                        "start", f"QEMU did not open its {name} socket", diagnostics()
+                    ) from None
+                time.sleep(0.02)
+
+    def qmp(self, command: str, timeout: float, diagnostics: Diagnostics, **arguments: Any) -> Any:
+        """Run one QMP command; its answer (a QMP error is a StartupError)."""
+        monitor = QEMUMonitorProtocol(self._connect("qmp.sock", timeout, diagnostics))
+        try:
+            monitor.settimeout(timeout)
+            monitor.connect()
+            return monitor.cmd(command, **arguments)
+        except (QMPError, OSError) as exc:
+            self._check_running(f"answering {command}", diagnostics)
+            raise StartupError(
+                "start", f"QEMU's monitor failed on {command}: {exc}", diagnostics()
+            ) from exc
+        finally:
+            monitor.close()
+
+    def resume_snapshot(self, timeout: float, diagnostics: Diagnostics) -> None:
+        """Once QEMU has read the snapshot it was launched with, let the guest run."""
+        deadline = time.monotonic() + timeout
+        while self.qmp("query-status", timeout, diagnostics)["status"] == "inmigrate":
+            if time.monotonic() > deadline:
+                raise StartupError(
+                    "start",
+                    f"QEMU did not load the VM snapshot within {timeout:.0f} s",
+                    diagnostics(),
+                )
+            time.sleep(0.02)
+        self.qmp("cont", timeout, diagnostics)
+
+    def _control_socket(self, timeout: float, diagnostics: Diagnostics) -> socket.socket:
+        if self._control is None:
+            self._control = self._connect("control.sock", timeout, diagnostics)
+        return self._control
+
+    def wait_until_guest_waits(self, timeout: float, diagnostics: Diagnostics) -> None:
+        """Block until the guest's init says ``ready`` on the control channel."""
+        control = self._control_socket(timeout, diagnostics)
+        deadline = time.monotonic() + timeout
+        received = b""
+        while READY_LINE not in received:
+            self._check_running("booting", diagnostics)
+            if time.monotonic() > deadline:
+                raise StartupError(
+                    "start",
+                    f"the VM did not come up within {timeout:.0f} s (its init never said it "
+                    "waits for its configuration; see the console below)",
+                    diagnostics(),
+                )
+            control.settimeout(0.2)
+            with contextlib.suppress(TimeoutError):
+                chunk = control.recv(4096)
+                if not chunk:
+                    # QEMU closes the channel as it exits: report the exit when it is one.
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        if self.process is not None:
+                            self.process.wait(timeout=5)
+                    self._check_running("booting", diagnostics)
+                    raise StartupError(
+                        "start", "QEMU closed the VM's control channel", diagnostics()
+                    )
+                received = (received + chunk)[-64:]
+
+    def send_config(self, line: bytes, timeout: float, diagnostics: Diagnostics) -> None:
+        control = self._control_socket(timeout, diagnostics)
+        control.settimeout(timeout)
+        control.sendall(line)
+
+    def close_control(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+    def kill(self) -> None:
+        """End QEMU (nothing in the guest needs a clean shutdown) and remove the run dir."""
+        self.close_control()
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def stray_pid(self) -> int | None:
+        """A QEMU recorded in this run dir that is not this object's process (say, left by a
+        process that crashed), or None."""
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.pid_file.read_text().strip())
+            ours = self.process.pid if self.process is not None else None
+            if pid != ours and b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        return None
