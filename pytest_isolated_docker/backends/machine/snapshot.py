@@ -70,6 +70,7 @@ def snapshot_key(machine: Machine, root_disk: Path) -> str:
             for field in dataclasses.fields(machine)
             if field.name not in ("kernel", "initrd")
         },
+        "kernel_args": machine.kernel_args(),
         "files": [_file_identity(p) for p in (machine.kernel, machine.initrd, root_disk)],
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
@@ -115,7 +116,8 @@ def ensure_snapshot(
     snapshot's QEMU runs (under the session dir, so that the crash reaper knows it).
     """
     parent = snapshots_dir()
-    parent.mkdir(parents=True, exist_ok=True)
+    # A snapshot holds no key (those come after the restore), but it is a VM's memory: ours only.
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = snapshot_key(machine, root_disk)
     final = parent / key
     _remove_dead_builds(parent, key)
