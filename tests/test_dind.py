@@ -5,9 +5,11 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import os
+import re
 import socket
 import ssl
 import stat
+import sys
 from pathlib import Path
 
 import docker
@@ -286,3 +288,60 @@ def test_daemons_start_on_the_host_engine_even_after_a_test_moved_docker_host(
     result = _run(pytester, tmp_path, "-p", "no:randomly")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*leaks at teardown: 0 [[]fresh for *test_fresh_daemon[]]*"])
+
+
+IN_CONTAINER_TEST = """
+def test_reaches_its_daemon(docker_client, docker_daemon):
+    assert docker_client.ping()
+    print("endpoint:", docker_daemon.base_url)
+"""
+
+
+def test_pytest_in_a_container_of_the_host_engine_uses_the_container_network(
+    host_engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    """CI jobs often run pytest in a container of the engine they test with (the engine's socket
+    mounted): 127.0.0.1 there is the job's container, so the daemon is reached at its container
+    address. The job container here is the dind image (it has the libraries this venv's Python
+    needs) running this very venv and checkout, mounted read-only at the same paths."""
+    work = tmp_path / "job"
+    work.mkdir()
+    (work / "test_in_container.py").write_text(IN_CONTAINER_TEST)
+    checkout = Path(__file__).resolve().parent.parent
+    mounts = {
+        str(Path(sys.base_prefix).resolve()): {
+            "bind": str(Path(sys.base_prefix).resolve()),
+            "mode": "ro",
+        },
+        str(checkout): {"bind": str(checkout), "mode": "ro"},
+        str(work): {"bind": str(work), "mode": "rw"},
+        "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+    }
+    job = host_engine.containers.run(
+        os.environ["PYTEST_DOCKER_DIND_IMAGE"],
+        entrypoint=[
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-s",
+            "-v",
+            str(work),
+        ],
+        environment={"PYTEST_DOCKER_DIND_IMAGE": os.environ["PYTEST_DOCKER_DIND_IMAGE"]},
+        volumes=mounts,
+        working_dir=str(work),
+        labels={"pytest-isolated-docker-tests.job": "1"},
+        detach=True,
+    )
+    try:
+        status = job.wait(timeout=600)
+        output = job.logs().decode(errors="replace")
+    finally:
+        job.remove(force=True)
+    assert status["StatusCode"] == 0, output
+    endpoint = re.search(r"endpoint: \w+://([0-9.]+):2376", output)
+    assert endpoint, output
+    assert endpoint.group(1) != "127.0.0.1"
+    assert labelled(host_engine, session_of(output)) == []
