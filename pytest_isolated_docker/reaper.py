@@ -126,6 +126,13 @@ def sweep(client: docker.DockerClient | None, dry_run: bool = False) -> list[Rem
     for session_dir in sorted(sessions.glob("*")) if sessions.exists() else []:
         if not _session_owner_alive(session_dir):
             removed.extend(remove_session_dir(session_dir, dry_run))
+    # Imported here: the machine backend's modules import this one.
+    from .backends.machine.snapshot import unfinished_builds
+
+    for build in unfinished_builds():
+        removed.append(Removal(f"unfinished VM snapshot {build}"))
+        if not dry_run:
+            shutil.rmtree(build, ignore_errors=True)
     return removed
 
 

@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -274,7 +275,13 @@ def test_snapshot_is_made_once_and_a_killed_build_leaves_nothing(
     while [p for p in processes_mentioning(f"pid-{session}") if "qemu" in p]:
         assert time.monotonic() < deadline, "the snapshot's QEMU outlived its pytest"
         time.sleep(0.2)
-    assert list(snapshots.glob("*.build-*")) != []  # until the next run cleans it
+    unfinished = list(snapshots.glob("*.build-*"))
+    assert unfinished != []  # until prune or the next run removes it
+    pruning = subprocess.run(
+        [sys.executable, "-m", "pytest_isolated_docker.cli", "prune", "--dry-run"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert f"would remove: unfinished VM snapshot {unfinished[0]}" in pruning.stdout
 
     made = pytester.runpytest_subprocess(
         *args, "-p", "no:cacheprovider", timeout=SUBPROCESS_TIMEOUT

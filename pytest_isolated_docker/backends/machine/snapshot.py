@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ...coordination import cache_dir, locked, read_json, write_json
 from ...errors import StartupError
+from ...reaper import process_alive
 from .vm import Disk, Machine, QemuProcess, tail
 
 # Bumped when the guest side of the protocol (recipes/vm/init.sh) changes what a snapshot holds.
@@ -81,21 +82,14 @@ def snapshots_dir() -> Path:
     return cache_dir() / "vm-snapshots"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_dead_builds(parent: Path, key: str) -> None:
-    for build in parent.glob(f"{key}.build-*"):
+def unfinished_builds(key: str = "*") -> list[Path]:
+    """Snapshot builds whose builder is gone (killed while it made the snapshot)."""
+    found = []
+    for build in snapshots_dir().glob(f"{key}.build-*"):
         pid = build.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and _pid_alive(int(pid))):
-            shutil.rmtree(build, ignore_errors=True)
+        if not (pid.isdigit() and process_alive(int(pid))):
+            found.append(build)
+    return found
 
 
 def _remove_orphans(parent: Path) -> None:
@@ -120,7 +114,8 @@ def ensure_snapshot(
     parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = snapshot_key(machine, root_disk)
     final = parent / key
-    _remove_dead_builds(parent, key)
+    for build in unfinished_builds(key):
+        shutil.rmtree(build, ignore_errors=True)
     if (final / META).exists():
         return Snapshot(final), 0.0
     with locked(parent / f"{key}.lock", timeout=max(timeout * 2, 60)):
