@@ -7,6 +7,7 @@ streamed straight into the isolated daemon's load (no temporary file), several i
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import filelock
 
 from .coordination import cache_dir, locked, state_root
 from .errors import StartupError
@@ -234,7 +236,26 @@ def build_vm_image(host: docker.DockerClient, quiet: bool = False) -> Path:
             os.replace(work, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    _remove_older_vm_images(host, keep=target)
     return target
+
+
+def _remove_older_vm_images(host: docker.DockerClient, keep: Path) -> None:
+    """VM images of other recipes (an upgraded plugin) are dead weight: ~0.7 GB of disk each,
+    plus their build image in the host engine. One being built (its lock held) is left alone;
+    a VM still running from one keeps its open files until it ends."""
+    for directory in keep.parent.iterdir():
+        if directory == keep or directory.name.startswith(".") or not directory.is_dir():
+            continue
+        lock = directory.parent / f"{directory.name}.lock"
+        try:
+            with locked(lock, timeout=0):
+                shutil.rmtree(directory, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+        except filelock.Timeout:
+            continue
+        with contextlib.suppress(docker.errors.DockerException):
+            host.images.remove(f"{VM_REPOSITORY}:{directory.name}")
 
 
 def _build_recipe(

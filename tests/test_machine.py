@@ -463,3 +463,28 @@ def test_loopback_mirrors_are_rewritten_for_the_guest() -> None:
     assert guest_url("http://localhost:5000/") == "http://10.0.2.2:5000/"
     assert guest_url("https://mirror.example:443") == "https://mirror.example:443"
     assert guest_url("http://172.17.0.1:5000") == "http://172.17.0.1:5000"
+
+
+def test_vm_images_of_older_recipes_are_removed_after_a_build(
+    host: docker.DockerClient, tmp_path: Path
+) -> None:
+    """After a build, the images of other recipe keys go (directory and build image in the
+    engine), except one whose build holds its lock; partial builds (dot dirs) are left to the
+    build that owns their key."""
+    from pytest_isolated_docker.coordination import locked
+    from pytest_isolated_docker.images import VM_REPOSITORY, _remove_older_vm_images
+
+    vm = tmp_path / "vm"
+    current, old, busy, partial = (vm / n for n in ("current", "old", "busy", ".current-x"))
+    for directory in (current, old, busy, partial):
+        directory.mkdir(parents=True)
+        (directory / "disk.img").write_bytes(b"disk")
+    old_key = f"old-{uuid.uuid4().hex[:8]}"
+    old = old.rename(vm / old_key)
+    host.images.get("debian:bookworm-slim").tag(VM_REPOSITORY, old_key)
+    with locked(vm / "busy.lock"):
+        _remove_older_vm_images(host, keep=current)
+    assert sorted(p.name for p in vm.iterdir() if p.is_dir()) == [".current-x", "busy", "current"]
+    with pytest.raises(docker.errors.ImageNotFound):
+        host.images.get(f"{VM_REPOSITORY}:{old_key}")
+    assert host.images.get("debian:bookworm-slim")
