@@ -83,8 +83,8 @@ def test_keyboard_interrupt_during_startup(
     session = _session_from_header(process)
     _wait_for(lambda: labelled(host_engine, session) != [], 60, "the dind container")
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=120)
-    assert process.returncode in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.TESTS_FAILED)
+    output = process.communicate(timeout=120)[0].decode(errors="replace")
+    assert process.returncode in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.TESTS_FAILED), output
     assert labelled(host_engine, session) == []
 
 

@@ -429,8 +429,8 @@ def test_ctrl_c_while_the_vm_boots_leaves_nothing(
     session = _header_session(process)
     _wait_for_vm(session)
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=SUBPROCESS_TIMEOUT)
-    assert process.returncode in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.TESTS_FAILED)
+    output = process.communicate(timeout=SUBPROCESS_TIMEOUT)[0].decode(errors="replace")
+    assert process.returncode in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.TESTS_FAILED), output
     assert_nothing_left(session)
 
 
