@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,14 @@ def spawn_pytest(directory: Path, *args: str) -> subprocess.Popen[bytes]:
         cwd=directory,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        # As in a terminal: a suite started in the background of a non-interactive shell inherits
+        # SIGINT ignored, and Python then never turns it into KeyboardInterrupt.
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def session_of(output: str) -> str:
