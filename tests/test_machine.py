@@ -181,6 +181,35 @@ def test_qemu_missing_is_a_clear_error(
     assert_nothing_left(session_of(result))
 
 
+def test_qemu_img_missing_is_a_clear_error_unless_booting_cold(
+    pytester: pytest.Pytester, vm_image: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Snapshots need qemu-img for their disk overlay; a cold boot does not."""
+    only_qemu = tmp_path / "bin"
+    only_qemu.mkdir()
+    qemu = shutil.which("qemu-system-x86_64")
+    assert qemu is not None
+    (only_qemu / "qemu-system-x86_64").symlink_to(qemu)
+    monkeypatch.setenv("PATH", str(only_qemu))
+    pytester.makepyfile(NEEDS_DAEMON)
+    result = pytester.runpytest_subprocess(
+        "--docker-backend=machine", "-p", "no:cacheprovider", timeout=SUBPROCESS_TIMEOUT
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*qemu-img not found on PATH*apt-get install qemu-utils*--docker-vm-boot=cold*"]
+    )
+    assert "qemu-system-x86_64 not found" not in result.stdout.str()
+    assert_nothing_left(session_of(result))
+    cold = pytester.runpytest_subprocess(
+        "--docker-backend=machine", "--docker-vm-boot=cold", STARTUP, "-p", "no:cacheprovider",
+        timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+    cold.assert_outcomes(passed=1)
+    cold.stdout.fnmatch_lines(["*machine qemu * vCPU, cold boot at tcp://*leaks at teardown: 0*"])
+    assert_nothing_left(session_of(cold))
+
+
 def test_vm_image_missing_is_a_clear_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
     empty = tmp_path / "no-image"
     empty.mkdir()
@@ -234,17 +263,6 @@ def snapshots_of(root_disk: Path) -> list[Path]:
         if meta.exists() and json.loads(meta.read_text())["root_disk"] == str(root_disk):
             found.append(directory)
     return found
-
-
-def test_cold_boot_runs_the_same_tests(pytester: pytest.Pytester, vm_image: Path) -> None:
-    pytester.makepyfile(NEEDS_DAEMON)
-    result = pytester.runpytest_subprocess(
-        "--docker-backend=machine", "--docker-vm-boot=cold", STARTUP, "-p", "no:cacheprovider",
-        timeout=SUBPROCESS_TIMEOUT,
-    )  # fmt: skip
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*machine qemu * vCPU, cold boot at tcp://*leaks at teardown: 0*"])
-    assert_nothing_left(session_of(result))
 
 
 def test_snapshot_is_made_once_and_a_killed_build_leaves_nothing(

@@ -31,7 +31,7 @@ from ...images import VM_FILES, missing_vm_files, vm_image_dir
 from ...tls import server_archive
 from .. import BackendContext
 from . import MachineBackend, MachineDriver
-from .snapshot import ensure_snapshot
+from .snapshot import INSTALL_QEMU_IMG, QEMU_IMG, ensure_snapshot
 from .vm import QEMU_BINARY, Disk, Machine, QemuProcess, config_line, free_port, tail
 
 HOST_FROM_GUEST = "10.0.2.2"
@@ -132,6 +132,8 @@ class QemuDriver(MachineDriver):
         found: list[str] = []
         if qemu_binary() is None:
             found.append(f"{QEMU_BINARY} not found on PATH: {INSTALL_QEMU}.")
+        if context.settings.vm_boot == "snapshot" and shutil.which(QEMU_IMG) is None:
+            found.append(f"{QEMU_IMG} not found on PATH: {INSTALL_QEMU_IMG}.")
         image = vm_image_dir(context.settings)
         missing = missing_vm_files(image)
         if missing:

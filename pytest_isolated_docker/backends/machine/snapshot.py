@@ -34,6 +34,10 @@ from .vm import Disk, Machine, QemuProcess, tail
 PROTOCOL = "1"
 STATE = "state"
 DISK = "disk.qcow2"
+QEMU_IMG = "qemu-img"
+INSTALL_QEMU_IMG = (
+    "install Debian's qemu-utils (apt-get install qemu-utils), or use --docker-vm-boot=cold"
+)
 META = "meta.json"
 
 
@@ -140,11 +144,18 @@ def ensure_snapshot(
 def _take_snapshot(
     machine: Machine, root_disk: Path, build: Path, run_dir: Path, name: str, timeout: float
 ) -> None:
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(root_disk.resolve()),
-         str(build / DISK)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    try:
+        subprocess.run(
+            [QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(root_disk.resolve()),
+             str(build / DISK)],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+    except FileNotFoundError:
+        raise StartupError("start", f"{QEMU_IMG} not found on PATH: {INSTALL_QEMU_IMG}.") from None
+    except subprocess.CalledProcessError as exc:
+        raise StartupError(
+            "start", f"{QEMU_IMG} could not make the snapshot's disk: {exc.stderr.strip()}"
+        ) from None
     run_dir.mkdir(mode=0o700)
     qemu = QemuProcess(run_dir, machine, name)
 
