@@ -32,9 +32,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPError
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
 from ...errors import StartupError
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -250,6 +247,10 @@ class QemuProcess:
 
     def qmp(self, command: str, timeout: float, diagnostics: Diagnostics, **arguments: Any) -> Any:
         """Run one QMP command; its answer (a QMP error is a StartupError)."""
+        # Imported here: it brings asyncio, and every run's start-up sweep imports this module.
+        from qemu.qmp import QMPError
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
         monitor = QEMUMonitorProtocol(self._connect("qmp.sock", timeout, diagnostics))
         try:
             monitor.settimeout(timeout)
