@@ -114,28 +114,6 @@ def test_help_shows_one_group(pytester: pytest.Pytester) -> None:
         assert spec.ini in text
 
 
-def test_fixtures_are_documented(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile("def test_nothing(): pass")
-    result = pytester.runpytest_subprocess("--fixtures")
-    result.stdout.fnmatch_lines(
-        [
-            "docker_daemon [[]session scope[]]*",
-            "*isolated Docker daemon*",
-        ]
-    )
-    text = result.stdout.str()
-    for name in ("docker_client", "docker_env", "docker_test_daemon"):
-        assert name in text
-
-
-def test_plugin_does_nothing_for_tests_without_docker(pytester: pytest.Pytester) -> None:
-    """A run whose tests ask for no daemon starts none (nothing in the summary)."""
-    pytester.makepyfile("def test_plain(): pass")
-    result = pytester.runpytest_subprocess()
-    result.assert_outcomes(passed=1)
-    assert "isolated docker daemons" not in result.stdout.str()
-
-
 def test_settings_defaults_match_the_option_table() -> None:
     """Settings() (used by library callers) and the resolver agree on every default."""
     from pytest_isolated_docker.settings import Settings
