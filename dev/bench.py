@@ -36,7 +36,8 @@ import docker.errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_isolated_docker.backends import BackendContext, start_daemon
+from pytest_isolated_docker.backends import BackendContext
+from pytest_isolated_docker.lifecycle import start_daemon
 from pytest_isolated_docker.backends.dind import CAPABILITY_RECIPE
 from pytest_isolated_docker.daemon import DockerDaemon
 from pytest_isolated_docker.images import preload

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 import docker
 import docker.errors
 
-from .backends import BackendContext, backend_class
+from .backends import BackendContext, DeadSession, backend_class
+from .coordination import session_alive, sessions_root
 from .errors import IsolatedDockerError
 from .labels import Identity, new_session_id
-from .reaper import sweep
+from .reaper import reap, sweep, unproven_sessions
 from .settings import BACKENDS, SettingsError, settings_from_environment
 
 
@@ -36,6 +37,8 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}{status:<8}{first}{marker if problems else ''}")
         for line in rest:
             print(f"{'':<{width + 8}}{line}")
+        for note in backend_class(name).notes(context):
+            print(f"{'':<{width + 8}}note: {note}")
     if backend_class(settings.backend).unsafe:
         print(
             f"\nnote: the configured backend '{settings.backend}' is UNSAFE: code under test is "
@@ -73,11 +76,30 @@ def _prune(args: argparse.Namespace) -> int:
     except docker.errors.DockerException as exc:
         print(f"warning: host engine unreachable, only files are swept ({exc})", file=sys.stderr)
         client = None
-    removed = sweep(client, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
+    if args.session:
+        directory = sessions_root() / args.session
+        if directory.is_dir() and session_alive(directory):
+            print(
+                f"error: session {args.session} is alive: a process on this machine holds "
+                f"{directory}. Stop that pytest run first.",
+                file=sys.stderr,
+            )
+            return 1
+        dead = DeadSession(args.session, directory if directory.is_dir() else None, client)
+        removed = reap(dead, dry_run=args.dry_run)
+    else:
+        removed = sweep(client, dry_run=args.dry_run)
     for item in removed:
         print(f"{verb}: {item}")
-    print(f"{len(removed)} item(s) {verb} (sessions whose pytest process is gone)")
+    print(f"{len(removed)} item(s) {verb} (sessions proven dead)")
+    if client is not None and not args.session:
+        for session in unproven_sessions(client):
+            print(
+                f"kept: session {session}: its objects come from another container or machine "
+                "and no heartbeat proves it dead; if you know it is, `pytest-isolated-docker "
+                f"prune --session {session}` removes them"
+            )
     return 0
 
 
@@ -107,6 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "prune", help="Remove what dead test sessions left: labelled objects, VMs, files."
     )
     prune.add_argument("--dry-run", action="store_true", help="list, do not remove")
+    prune.add_argument(
+        "--session",
+        metavar="ID",
+        help="remove what this session left, whatever the evidence (it must not run here)",
+    )
     prune.set_defaults(run=_prune)
     args = parser.parse_args(argv)
     code: int = args.run(args)

@@ -17,7 +17,7 @@ import docker.tls
 import requests
 
 from .errors import StartupError
-from .tls import ClientTLS
+from .tls import CA_BUNDLE_VARIABLES, ClientTLS
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -34,17 +34,30 @@ class Endpoint:
     tls: ClientTLS | None = None
 
     def env(self) -> dict[str, str]:
-        """Environment for the docker CLI, compose and friends.
+        """Environment for the docker CLI, compose, docker-py and friends.
 
-        Every key is set (to "" when unused) so that merging it over ``os.environ`` cannot leave a
-        stale ``DOCKER_TLS_VERIFY`` or ``DOCKER_CERT_PATH`` pointing the CLI elsewhere.
+        The ``DOCKER_*`` keys are always set (to "" when unused) so that merging them over
+        ``os.environ`` cannot leave a stale ``DOCKER_TLS_VERIFY`` or ``DOCKER_CERT_PATH`` pointing
+        the CLI elsewhere.
+
+        With TLS, ``REQUESTS_CA_BUNDLE`` and ``CURL_CA_BUNDLE`` are set too, to
+        ``ca-bundle.pem`` in ``DOCKER_CERT_PATH``: the session's CA plus the CAs the environment
+        trusted (the bundle ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` of ``os.environ`` named,
+        else requests' default), made once on first use. requests lets these variables replace the
+        CA that docker-py takes from ``DOCKER_CERT_PATH``, so a bundle without the session's CA
+        would fail the handshake, and one without the others would cut the subprocess off from
+        other HTTPS servers. Without TLS they are left out: ``os.environ``'s values stay.
         """
-        return {
+        env = {
             "DOCKER_HOST": self.base_url,
             "DOCKER_TLS_VERIFY": "1" if self.tls else "",
             "DOCKER_CERT_PATH": str(self.tls.cert_dir) if self.tls else "",
             "DOCKER_CONTEXT": "",
         }
+        if self.tls is not None:
+            bundle = str(self.tls.ca_bundle())
+            env.update(dict.fromkeys(CA_BUNDLE_VARIABLES, bundle))
+        return env
 
     def tls_config(self) -> docker.tls.TLSConfig | None:
         if self.tls is None:
@@ -141,6 +154,25 @@ def wait_until_ready(
         delay = min(delay * 1.5, 0.2)
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """The objects a daemon held when a test began: its reset keeps them."""
+
+    containers: frozenset[str] = frozenset()
+    networks: frozenset[str] = frozenset()
+    volumes: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, client: docker.DockerClient, filters: Mapping[str, list[str]]) -> Baseline:
+        api = client.api
+        label_filter = dict(filters)
+        return cls(
+            frozenset(c["Id"] for c in api.containers(all=True, quiet=True, filters=label_filter)),
+            frozenset(n["Id"] for n in api.networks(filters=label_filter)),
+            frozenset(v["Name"] for v in api.volumes(filters=label_filter).get("Volumes") or []),
+        )
+
+
 @dataclass
 class ResetStats:
     """What resets removed over a daemon's life, for the terminal summary."""
@@ -232,14 +264,19 @@ class DockerDaemon:
         facts["preload_seconds"] = round(self.preload_seconds, 3)
         return facts
 
-    def reset(self) -> ResetStats:
-        """Remove the containers, user networks and volumes this daemon's tests made.
+    def baseline(self) -> Baseline:
+        """The objects the daemon holds now (that a later :meth:`reset` keeps)."""
+        return Baseline.of(self.client, self._backend.owned_filters())
+
+    def reset(self, keep: Baseline | None = None) -> ResetStats:
+        """Remove the containers, user networks and volumes this daemon's tests made, except
+        those in ``keep`` (what existed when the test began).
 
         Images stay: they are the cache. For a shared engine (socket backend) only objects
         labelled with this worker's identity are removed.
         """
         start = time.monotonic()
-        stats = remove_objects(self.client, self._backend.owned_filters())
+        stats = remove_objects(self.client, self._backend.owned_filters(), keep)
         stats.resets = 1
         stats.seconds = time.monotonic() - start
         self.reset_stats.add(stats)
@@ -255,12 +292,20 @@ class DockerDaemon:
         return self._backend.leftovers()
 
 
-def remove_objects(client: docker.DockerClient, filters: Mapping[str, list[str]]) -> ResetStats:
-    """Remove every container, custom network and volume matching ``filters`` (all when empty)."""
+def remove_objects(
+    client: docker.DockerClient, filters: Mapping[str, list[str]], keep: Baseline | None = None
+) -> ResetStats:
+    """Remove every container, custom network and volume matching ``filters`` (all when empty)
+    that is not in ``keep``."""
     api = client.api
     stats = ResetStats()
+    keep = keep or Baseline()
     label_filter = dict(filters)
-    containers = api.containers(all=True, quiet=True, filters=label_filter)
+    containers = [
+        c
+        for c in api.containers(all=True, quiet=True, filters=label_filter)
+        if c["Id"] not in keep.containers
+    ]
     if containers:
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
             list(
@@ -270,23 +315,34 @@ def remove_objects(client: docker.DockerClient, filters: Mapping[str, list[str]]
                 )
             )
         stats.containers = len(containers)
-    networks = api.networks(filters={**label_filter, "type": ["custom"]})
+    networks = [
+        n
+        for n in api.networks(filters={**label_filter, "type": ["custom"]})
+        if n["Id"] not in keep.networks
+    ]
     for network in networks:
-        _ignore_missing(api.remove_network, network["Id"])
+        # A network a kept container still uses stays (the engine refuses with 403).
+        _ignore_missing(api.remove_network, network["Id"], also=(403,))
     stats.networks = len(networks)
-    volumes = api.volumes(filters=label_filter).get("Volumes") or []
+    volumes = [
+        v
+        for v in api.volumes(filters=label_filter).get("Volumes") or []
+        if v["Name"] not in keep.volumes
+    ]
     for volume in volumes:
         _ignore_missing(api.remove_volume, volume["Name"], force=True)
     stats.volumes = len(volumes)
     return stats
 
 
-def _ignore_missing(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+def _ignore_missing(
+    call: Callable[..., Any], *args: Any, also: tuple[int, ...] = (), **kwargs: Any
+) -> None:
     try:
         call(*args, **kwargs)
     except docker.errors.NotFound:
         pass
     except docker.errors.APIError as exc:
         # "removal already in progress" when two resets race on the same object.
-        if exc.status_code != 409:
+        if exc.status_code != 409 and exc.status_code not in also:
             raise

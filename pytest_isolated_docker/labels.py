@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import os
 import secrets
-import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from .coordination import runtime_id
 
 PREFIX = "pytest-isolated-docker"
 SESSION = f"{PREFIX}.session"
@@ -21,11 +21,13 @@ HOST = f"{PREFIX}.host"
 
 @functools.cache
 def host_id() -> str:
-    """Identifies this machine, so a sweep never judges another host's pids (shared engines)."""
-    try:
-        return Path("/etc/machine-id").read_text().strip()[:16] or socket.gethostname()
-    except OSError:
-        return socket.gethostname()
+    """The ``host`` label's value: which runtime directory the owner's session lives in.
+
+    A sweep that shares it can prove a session dead by its holders; any other (another container
+    or machine on the same engine, even one with the same ``/etc/machine-id``) only by an expired
+    heartbeat on the engine.
+    """
+    return runtime_id()
 
 
 def new_session_id() -> str:

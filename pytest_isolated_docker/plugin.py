@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Generator
 from typing import Any, Literal
 
-import docker
 import pytest
 
 from . import fixtures, pullcache
@@ -20,8 +18,7 @@ from .backends import backend_class
 from .errors import DaemonUnavailable, StartupError
 from .images import ensure_on_host
 from .labels import Identity, new_session_id
-from .reaper import sweep
-from .session import DAEMON_FIXTURES, DockerSession, session_key, test_daemon_key
+from .session import WORKER_DAEMON_FIXTURES, DockerSession, session_key, test_daemon_key
 from .settings import OPTIONS, Settings, SettingsError, resolve
 
 _WORKERINPUT_KEY = "pytest_isolated_docker_session"
@@ -66,8 +63,8 @@ def _resolve_settings(config: pytest.Config) -> Settings:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "docker_daemon(fresh=False, backend=None): fresh=True gives this test a brand-new daemon "
-        "of its own; backend='machine' (or another) runs this test on that backend.",
+        "docker_daemon(fresh=False, **options): fresh=True, or any option of the settings table "
+        "(backend='machine', preload=[...]), gives this test a brand-new daemon of its own.",
     )
     settings = _resolve_settings(config)
     workerinput = getattr(config, "workerinput", None)
@@ -133,12 +130,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     state = session.config.stash[session_key]
-    if state.owns_session:
-        state.guard()
-        threading.Thread(
-            target=_sweep_stale, name="pytest-isolated-docker-sweep", daemon=True
-        ).start()
-    if state.settings.pull_through_cache and state.owns_session:
+    if not state.owns_session or session.config.option.collectonly:
+        return
+    state.claim()
+    if state.settings.pull_through_cache:
         # Before xdist configures its workers, so that they receive the mirror's address.
         try:
             with contextlib.closing(state.context.host_client()) as host:
@@ -150,7 +145,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             ) from None
         state.holds_pull_cache = True
         state.add_mirror(state.pull_cache_url)
-    if state.settings.preload and not hasattr(session.config, "workerinput"):
+    if state.settings.preload:
         # Once per run, before any test: a missing image is a configuration error, not N failures.
         try:
             host = state.context.host_client()
@@ -170,35 +165,30 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             host.close()
 
 
-def _sweep_stale() -> None:
-    """Remove what earlier sessions that died left behind (their owner process is gone)."""
-    try:
-        client = docker.from_env(timeout=30)
-    except docker.errors.DockerException:
-        client = None
-    try:
-        sweep(client)
-    except (docker.errors.DockerException, OSError):
-        pass  # best effort; `pytest-isolated-docker prune` reports what it cannot remove
-    finally:
-        if client is not None:
-            client.close()
+def _needs_worker_daemon(item: pytest.Item | None) -> bool:
+    """True when ``item`` will use the worker's daemon (not one of its own)."""
+    if item is None or not WORKER_DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return False
+    marker = item.get_closest_marker("docker_daemon")
+    return marker is None or not marker.kwargs
 
 
-def pytest_itemcollected(item: pytest.Item) -> None:
-    if DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Without xdist: start the daemon in the background once the tests that will run are known
+    (after deselection), if one of them needs it; never for --collect-only."""
+    config = session.config
+    if config.option.collectonly or hasattr(config, "workerinput"):
+        return  # an xdist worker starts when it is handed a test that needs the daemon
+    if any(_needs_worker_daemon(item) for item in session.items):
+        config.stash[session_key].start_in_background()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Start the worker's daemon for the test about to run or, ahead of time, for the next one
+    (an xdist worker learns its tests one by one)."""
+    if _needs_worker_daemon(item) or _needs_worker_daemon(nextitem):
         item.config.stash[session_key].start_in_background()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    yield
-    if not DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-        return
-    session = item.config.stash[session_key]
-    daemon = session.started_daemon
-    if daemon is not None and session.settings.reset == "test":
-        daemon.reset()
 
 
 @pytest.hookimpl(hookwrapper=True)

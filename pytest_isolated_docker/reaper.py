@@ -1,18 +1,30 @@
-"""Crash-proof cleanup: a watchdog per pytest process, and a sweep of stale sessions.
+"""Crash-proof cleanup: a watchdog per pytest process, engine heartbeats, and the sweep.
 
-The watchdog is a detached process (its own session, so Ctrl-C to pytest's process group does
-not reach it) whose stdin is a pipe that only the pytest process holds open. When pytest dies in
-any way (SIGKILL, out-of-memory, a CI timeout), the kernel closes the pipe, the watchdog reads
-EOF and removes everything labelled with that process's pid, then, for the session's owner, kills
-the session's VMs and removes the session directory. Nothing runs in a container and no host
-socket is handed to anything.
+The watchdog is a detached process (its own session, so Ctrl-C to pytest's process group does not
+reach it) whose stdin is a pipe that only the pytest process holds open. When pytest dies in any
+way (SIGKILL, out-of-memory, a CI timeout), the kernel closes the pipe, the watchdog reads EOF and
+removes everything labelled with that process's pid; once no process of the session is left, it
+removes the session's remains. Nothing runs in a container and no host socket is handed to anything.
+
+While its process lives, the watchdog renews a *heartbeat* on the host engine: a labelled volume
+made anew every few seconds. It is how a run that cannot see this process (another container or
+machine on the same engine) proves this session dead: by a heartbeat the engine says is old.
+
+The sweep removes a session only when its death is proven (:func:`proven_dead`): by its session
+directory, which nobody holds any more, when it lives in this runtime directory; by an expired
+heartbeat otherwise. "This process cannot see its pid" is never proof. What a dead session left is
+removed by each registered backend (:meth:`Backend.reap`) and then by its labels; the reaper knows
+no backend by name.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import os
+import re
+import select
 import shutil
 import signal
 import subprocess
@@ -26,150 +38,217 @@ from typing import IO
 import docker
 import docker.errors
 
-from .backends import describe_objects, list_objects
-from .coordination import read_json, state_root, write_json
+from .backends import DeadSession, ReapIncomplete, all_backends, describe_objects, list_objects
+from .coordination import dead_session_dirs, session_alive, sessions_root
 from .daemon import remove_objects
-from .labels import HOST, PID, SESSION, host_id
+from .labels import HOST, PID, ROLE, SESSION, Identity, host_id
 
-OWNER_FILE = "owner.json"
+HEARTBEAT_ROLE = "heartbeat"
+HEARTBEAT_INTERVAL = 5.0
+#: A heartbeat older than this (by the engine's clock) proves its session dead.
+HEARTBEAT_EXPIRY = 30.0
+#: How long a watchdog whose process died waits for the rest of the session to end.
+SESSION_END_WAIT = 30.0
 
 
-def _process_start_time(pid: int) -> str | None:
-    """The start time of ``pid`` (field 22 of /proc/PID/stat), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+# ---- heartbeats -----------------------------------------------------------------------------
+
+_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
+
+
+def parse_engine_time(text: str) -> datetime.datetime:
+    """An RFC 3339 time as the engine writes it (nanoseconds, ``Z`` or an offset)."""
+    match = _TIMESTAMP.match(text.strip())
+    if match is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    seconds, fraction, zone = match.groups()
+    micro = (fraction or "0")[:6].ljust(6, "0")
+    zone = "+00:00" if zone == "Z" else zone
+    return datetime.datetime.fromisoformat(f"{seconds}.{micro}{zone}")
+
+
+def beat(client: docker.DockerClient, identity: Identity) -> None:
+    """Renew ``identity``'s heartbeat: a new heartbeat volume, then the older ones removed."""
+    labels = identity.labels(HEARTBEAT_ROLE)
+    newest = client.volumes.create(
+        name=identity.name(f"heartbeat-{time.time_ns()}"), labels=labels
+    ).name
+    mine = [f"{SESSION}={identity.session_id}", f"{PID}={identity.pid}", f"{ROLE}={HEARTBEAT_ROLE}"]
+    for volume in client.api.volumes(filters={"label": mine}).get("Volumes") or []:
+        if volume["Name"] != newest:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                client.api.remove_volume(volume["Name"], force=True)
+
+
+def heartbeat_age(client: docker.DockerClient, session_id: str) -> float | None:
+    """Seconds since the session's newest heartbeat, by the engine's clock; None without one."""
+    filters = {"label": [f"{SESSION}={session_id}", f"{ROLE}={HEARTBEAT_ROLE}"]}
+    volumes = client.api.volumes(filters=filters).get("Volumes") or []
+    if not volumes:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    now = parse_engine_time(client.info()["SystemTime"])
+    newest = max(parse_engine_time(v["CreatedAt"]) for v in volumes)
+    return (now - newest).total_seconds()
 
 
-def process_alive(pid: int, start_time: str | None = None) -> bool:
-    current = _process_start_time(pid)
-    if current is None:
-        return False
-    return start_time is None or current == start_time
+# ---- deciding death -------------------------------------------------------------------------
 
 
-def claim_session(session_dir: Path, pid: int) -> None:
-    """Record the process owning a session directory (its controller)."""
-    write_json(session_dir / OWNER_FILE, {"pid": pid, "start": _process_start_time(pid)})
+@dataclass(frozen=True)
+class Evidence:
+    """What a sweep knows of a session that left something behind."""
+
+    #: Its objects' host label is this runtime directory's: its holders can be judged here.
+    local: bool
+    #: Some process holds its session directory (meaningful only when local).
+    holders_alive: bool
+    #: Seconds since its newest heartbeat by the engine's clock; None when it has none.
+    heartbeat_age: float | None
 
 
-def _session_owner_alive(session_dir: Path) -> bool:
-    owner = read_json(session_dir / OWNER_FILE)
-    if not owner:
-        # Being created right now, or left by a crash before claiming: judge by age.
+def proven_dead(evidence: Evidence) -> bool:
+    """Dead only on proof: nobody holds its local directory, or its heartbeat expired."""
+    if evidence.local:
+        return not evidence.holders_alive
+    return evidence.heartbeat_age is not None and evidence.heartbeat_age > HEARTBEAT_EXPIRY
+
+
+# ---- removing a dead session ----------------------------------------------------------------
+
+
+def reap(dead: DeadSession, dry_run: bool = False) -> list[str]:
+    """Remove what ``dead`` left: each backend's part, then anything still carrying its label,
+    then its directory (kept, and said so, when a backend could not remove all it made)."""
+    removed: list[str] = []
+    kept: list[str] = []
+    for backend in all_backends():
         try:
-            return (time.time() - session_dir.stat().st_mtime) < 3600
-        except OSError:
-            return False
-    return process_alive(int(owner["pid"]), owner.get("start"))
-
-
-@dataclass
-class Removal:
-    """Something the sweep removed (or, with dry_run, would remove)."""
-
-    what: str
-
-    def __str__(self) -> str:
-        return self.what
-
-
-def kill_vms(session_dir: Path, dry_run: bool = False) -> list[Removal]:
-    """Kill QEMU processes recorded in ``<session_dir>/vm-*/qemu.pid``."""
-    removed: list[Removal] = []
-    for pidfile in sorted(session_dir.glob("vm-*/qemu.pid")):
-        try:
-            pid = int(pidfile.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            continue
-        if b"qemu" not in cmdline:
-            continue  # the pid was reused by something that is not ours
-        removed.append(Removal(f"qemu process {pid} ({pidfile.parent.name})"))
-        if not dry_run:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            removed += backend.reap(dead, dry_run)
+        except ReapIncomplete as exc:
+            kept.append(str(exc))
+        except (docker.errors.DockerException, OSError) as exc:
+            kept.append(f"the {backend.name} backend's cleanup failed: {exc}")
+    if dead.engine is not None:
+        filters = {"label": [f"{SESSION}={dead.session_id}"]}
+        with contextlib.suppress(docker.errors.DockerException):
+            found = list_objects(dead.engine, filters)
+            if found and not dry_run:
+                remove_objects(dead.engine, filters)
+            # Heartbeats are the plugin's bookkeeping, not something the session left.
+            removed += [
+                what
+                for what, labels in found
+                if what not in removed and labels.get(ROLE) != HEARTBEAT_ROLE
+            ]
+    directory = dead.directory
+    if directory is not None and directory.exists():
+        if kept:
+            removed.append(f"kept session directory {directory}: " + "; ".join(kept))
+        else:
+            removed.append(f"session directory {directory}")
+            if not dry_run:
+                shutil.rmtree(directory, ignore_errors=True)
     return removed
 
 
-def remove_session_dir(session_dir: Path, dry_run: bool = False) -> list[Removal]:
-    removed = kill_vms(session_dir, dry_run)
-    if session_dir.exists():
-        removed.append(Removal(f"session directory {session_dir}"))
-        if not dry_run:
-            shutil.rmtree(session_dir, ignore_errors=True)
-    return removed
-
-
-def _labelled(client: docker.DockerClient) -> dict[tuple[str, str], set[str]]:
-    """(session, pid) pairs of this host's labelled objects, with what they are."""
-    found: dict[tuple[str, str], set[str]] = {}
-    for what, labels in list_objects(client, {"label": [SESSION, f"{HOST}={host_id()}"]}):
-        key = (labels.get(SESSION, ""), labels.get(PID, ""))
-        found.setdefault(key, set()).add(what)
+def _engine_sessions(client: docker.DockerClient) -> dict[str, set[str]]:
+    """Each session that has labelled objects on the engine, with their host labels."""
+    found: dict[str, set[str]] = {}
+    for _, labels in list_objects(client, {"label": [SESSION]}):
+        found.setdefault(labels.get(SESSION, ""), set()).add(labels.get(HOST, ""))
+    found.pop("", None)
     return found
 
 
-def sweep(client: docker.DockerClient | None, dry_run: bool = False) -> list[Removal]:
-    """Remove what sessions whose owning process is gone left on the host engine and on disk."""
-    removed: list[Removal] = []
+def sweep(client: docker.DockerClient | None, dry_run: bool = False) -> list[str]:
+    """Remove what sessions proven dead left, on the host engine and on disk; return what."""
+    removed: list[str] = []
+    dead_dirs = {directory.name: directory for directory in dead_session_dirs()}
     if client is not None:
-        for (session, pid), objects in sorted(_labelled(client).items()):
-            if pid.isdigit() and process_alive(int(pid)):
-                continue
-            removed.extend(Removal(o) for o in sorted(objects))
-            if not dry_run:
-                remove_objects(client, {"label": [f"{SESSION}={session}", f"{PID}={pid}"]})
-    sessions = state_root() / "sessions"
-    for session_dir in sorted(sessions.glob("*")) if sessions.exists() else []:
-        if not _session_owner_alive(session_dir):
-            removed.extend(remove_session_dir(session_dir, dry_run))
-    # Imported here: the machine backend's modules import this one.
-    from .backends.machine.snapshot import unfinished_builds
-
-    for build in unfinished_builds():
-        removed.append(Removal(f"unfinished VM snapshot {build}"))
-        if not dry_run:
-            shutil.rmtree(build, ignore_errors=True)
+        for session, hosts in sorted(_engine_sessions(client).items()):
+            directory = sessions_root() / session
+            evidence = Evidence(
+                local=hosts == {host_id()},
+                holders_alive=directory.is_dir() and session_alive(directory),
+                heartbeat_age=heartbeat_age(client, session),
+            )
+            if proven_dead(evidence):
+                dead_dirs.pop(session, None)
+                path = directory if directory.is_dir() else None
+                removed += reap(DeadSession(session, path, client), dry_run)
+    for session, directory in sorted(dead_dirs.items()):
+        removed += reap(DeadSession(session, directory, client), dry_run)
+    for backend in all_backends():
+        removed += backend.sweep_host(dry_run)
     return removed
 
 
-def _remove_labelled(labels: list[str], environment: Mapping[str, str] | None) -> list[str]:
-    """Remove this host's objects carrying all ``labels``; return what was there."""
-    filters = {"label": [*labels, f"{HOST}={host_id()}"]}
+def unproven_sessions(client: docker.DockerClient) -> list[str]:
+    """Sessions with objects on the engine whose death cannot be proven from here (for prune)."""
+    unknown = []
+    for session, hosts in sorted(_engine_sessions(client).items()):
+        if hosts != {host_id()} and heartbeat_age(client, session) is None:
+            unknown.append(session)
+    return unknown
+
+
+# ---- what a process's end leaves ------------------------------------------------------------
+
+
+def _engine(environment: Mapping[str, str] | None) -> docker.DockerClient | None:
     try:
-        client = docker.from_env(timeout=30, environment=dict(environment or os.environ))
+        return docker.from_env(timeout=30, environment=dict(environment or os.environ))
     except docker.errors.DockerException:
+        return None
+
+
+def _remove_labelled(client: docker.DockerClient | None, labels: list[str]) -> list[str]:
+    if client is None:
         return []
+    filters = {"label": labels}
     try:
         found = describe_objects(client, filters)
         if found:
             remove_objects(client, filters)
-        return found
     except docker.errors.DockerException:
         return []
+    return found
+
+
+def end_session(
+    session_id: str, directory: Path, environment: Mapping[str, str] | None = None
+) -> list[str]:
+    """What the session's owner does last: remove whatever the session's processes left (they
+    have all ended) and its directory. ``environment`` says how to reach the host engine."""
+    client = _engine(environment)
+    try:
+        return reap(DeadSession(session_id, directory, client))
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
-def reap_session(session_id: str, environment: Mapping[str, str] | None = None) -> list[str]:
-    """Remove whatever still carries the session's label (its processes are all done).
+def reap_process(session_id: str, pid: int, environment: Mapping[str, str] | None) -> list[str]:
+    """What the watchdog does when process ``pid`` is gone: remove what it made, then, once no
+    process of the session is left (or after a bounded wait), what the session left."""
+    client = _engine(environment)
+    try:
+        removed = _remove_labelled(client, [f"{SESSION}={session_id}", f"{PID}={pid}"])
+        directory = sessions_root() / session_id
+        deadline = time.monotonic() + SESSION_END_WAIT
+        while directory.is_dir() and session_alive(directory):
+            if time.monotonic() > deadline:
+                return removed  # the session goes on; its owner (or a later sweep) finishes it
+            time.sleep(0.2)
+        return removed + reap(
+            DeadSession(session_id, directory if directory.is_dir() else None, client)
+        )
+    finally:
+        if client is not None:
+            client.close()
 
-    ``environment`` says how to reach the host engine (default: this process's environment).
-    """
-    return _remove_labelled([f"{SESSION}={session_id}"], environment)
 
-
-def reap_process(session_id: str, pid: int, owns_session: bool) -> list[Removal]:
-    """What the watchdog does when process ``pid`` is gone."""
-    labels = [f"{SESSION}={session_id}", f"{PID}={pid}"]
-    removed = [Removal(o) for o in _remove_labelled(labels, None)]
-    if owns_session:
-        removed.extend(Removal(o) for o in reap_session(session_id))
-        removed.extend(remove_session_dir(state_root() / "sessions" / session_id))
-    return removed
+# ---- the watchdog ---------------------------------------------------------------------------
 
 
 class Watchdog:
@@ -180,7 +259,8 @@ class Watchdog:
         self._pipe = pipe
 
     @classmethod
-    def start(cls, session_id: str, owns_session: bool) -> Watchdog:
+    def start(cls, identity: Identity, environment: Mapping[str, str]) -> Watchdog:
+        """Watch this process; ``environment`` says how the watchdog reaches the host engine."""
         read_end, write_end = os.pipe()
         args = [
             sys.executable,
@@ -188,12 +268,12 @@ class Watchdog:
             "pytest_isolated_docker.reaper",
             "watch",
             "--session",
-            session_id,
+            identity.session_id,
+            "--worker",
+            identity.worker,
             "--pid",
             str(os.getpid()),
         ]
-        if owns_session:
-            args.append("--owns-session")
         process = subprocess.Popen(
             args,
             stdin=read_end,
@@ -201,36 +281,51 @@ class Watchdog:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
+            env={**os.environ, **environment},
         )
         os.close(read_end)
         os.set_inheritable(write_end, False)
         return cls(process, os.fdopen(write_end, "wb", buffering=0))
 
     def dismiss(self) -> None:
-        """Normal end: everything was cleaned up in-process; tell the watchdog to just exit."""
+        """Normal end: everything was cleaned up in-process; the watchdog removes its heartbeat
+        and exits."""
         try:
             self._pipe.write(b"done")
             self._pipe.close()
         except OSError:
             pass
         try:
-            self._process.wait(timeout=5)
+            self._process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self._process.kill()
 
 
-def _watch(session_id: str, pid: int, owns_session: bool) -> int:
+def _watch(identity: Identity) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    client = _engine(None)
     received = b""
+    next_beat = 0.0
     while True:
+        if client is not None and time.monotonic() >= next_beat:
+            with contextlib.suppress(docker.errors.DockerException, OSError):
+                beat(client, identity)
+            next_beat = time.monotonic() + HEARTBEAT_INTERVAL
+        ready, _, _ = select.select([0], [], [], max(0.0, next_beat - time.monotonic()))
+        if not ready:
+            continue
         chunk = os.read(0, 64)
         if not chunk:
             break
         received += chunk
     if received == b"done":
+        labels = [f"{SESSION}={identity.session_id}", f"{PID}={identity.pid}"]
+        _remove_labelled(client, [*labels, f"{ROLE}={HEARTBEAT_ROLE}"])
         return 0
-    reap_process(session_id, pid, owns_session)
+    if client is not None:
+        client.close()
+    reap_process(identity.session_id, identity.pid, None)
     return 0
 
 
@@ -239,11 +334,22 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     watch = sub.add_parser("watch")
     watch.add_argument("--session", required=True)
+    watch.add_argument("--worker", required=True)
     watch.add_argument("--pid", type=int, required=True)
-    watch.add_argument("--owns-session", action="store_true")
     args = parser.parse_args(argv)
-    return _watch(args.session, args.pid, args.owns_session)
+    return _watch(Identity(args.session, args.worker, args.pid))
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = [
+    "HEARTBEAT_EXPIRY",
+    "Evidence",
+    "Watchdog",
+    "end_session",
+    "proven_dead",
+    "reap",
+    "sweep",
+]

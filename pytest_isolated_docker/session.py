@@ -1,31 +1,41 @@
-"""The plugin's per-process state: settings, identity, the worker's daemon and its watchdog.
+"""The plugin's per-process state: settings, identity, the worker's daemon, its watchdog, and what
+each test used (for its reset and its failure report).
 
-Shared by the hooks (``plugin``) and the fixtures (``fixtures``); no hooks or fixtures here.
+Shared by the hooks (``plugin``) and the fixtures (``fixtures``, ``factories``); no hooks or
+fixtures here.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
-import os
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import docker
 import pytest
 
-from . import pullcache
-from .backends import BackendContext, start_daemon
-from .daemon import DockerDaemon
+from . import pullcache, reaper
+from .backends import BackendContext, backend_class
+from .coordination import release_session
+from .daemon import Baseline, DockerDaemon
+from .errors import DaemonUnavailable, IsolatedDockerError
 from .labels import Identity
-from .reaper import Watchdog, claim_session, reap_session, remove_session_dir
-from .settings import Settings
+from .lifecycle import start_daemon
+from .settings import Settings, SettingsError, override
+from .sharing import SharedBackend
 
-#: Fixtures that need a daemon: a test using one triggers the start, the reset and the log section.
-DAEMON_FIXTURES = frozenset({"docker_daemon", "docker_test_daemon", "docker_client", "docker_env"})
+#: The default fixtures that use the worker's daemon: a test asking for one of them (and not for a
+#: fresh daemon) lets the worker start its daemon ahead of time.
+WORKER_DAEMON_FIXTURES = frozenset(
+    {"docker_daemon", "docker_test_daemon", "docker_client", "docker_env"}
+)
 
 
 class DockerSession:
-    """The plugin's state for one pytest process: settings, identity and its daemon."""
+    """The plugin's state for one pytest process: settings, identity and its daemons."""
 
     def __init__(
         self, config: pytest.Config, settings: Settings, identity: Identity, owner_pid: int
@@ -33,29 +43,20 @@ class DockerSession:
         self.config = config
         self.owner_pid = owner_pid
         self.identity = identity
-        self.use_settings(settings)
+        self.settings = settings
+        self.context = BackendContext(settings, identity)
         self.holds_pull_cache = False
         self.pull_cache_url: str | None = None
         self._lock = threading.Lock()
         self._future: concurrent.futures.Future[DockerDaemon] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._watchdog: Watchdog | None = None
+        self._watchdog: reaper.Watchdog | None = None
         self.summaries: list[dict[str, Any]] = []
         self.session_leftovers: list[str] = []
 
-    def use_settings(self, settings: Settings) -> None:
-        self.settings = settings
-        previous = getattr(self, "context", None)
-        self.context = (
-            BackendContext(settings, self.identity)
-            if previous is None
-            else dataclasses.replace(previous, settings=settings)
-        )
-
     def add_mirror(self, url: str) -> None:
-        self.use_settings(
-            self.settings.replace(registry_mirror=(*self.settings.registry_mirror, url))
-        )
+        self.settings = self.settings.replace(registry_mirror=(*self.settings.registry_mirror, url))
+        self.context = dataclasses.replace(self.context, settings=self.settings)
 
     @property
     def shared_context(self) -> BackendContext:
@@ -67,48 +68,89 @@ class DockerSession:
 
     @property
     def owns_session(self) -> bool:
-        """The controller (or a run without xdist) owns the session directory and its CA."""
+        """The controller (or a run without xdist) owns the session and ends it."""
         return not hasattr(self.config, "workerinput")
 
+    def claim(self) -> None:
+        """Hold the session directory for this process's life (no engine is contacted)."""
+        _ = self.context.session_dir
+
     def guard(self) -> None:
-        """Start this process's watchdog before it creates anything (once)."""
+        """Before this process first creates anything: hold the session directory, start the
+        watchdog, and sweep what dead sessions left (in the background)."""
         with self._lock:
-            if self._watchdog is None:
-                if self.owns_session:
-                    claim_session(self.context.session_dir, os.getpid())
-                self._watchdog = Watchdog.start(self.identity.session_id, self.owns_session)
+            if self._watchdog is not None:
+                return
+            self.claim()
+            self._watchdog = reaper.Watchdog.start(self.identity, self.context.host_environment)
+            threading.Thread(
+                target=self._sweep_stale, name="pytest-isolated-docker-sweep", daemon=True
+            ).start()
+
+    def _sweep_stale(self) -> None:
+        try:
+            client = self.context.host_client(timeout=30)
+        except DaemonUnavailable:
+            client = None
+        try:
+            reaper.sweep(client)
+        except (docker.errors.DockerException, OSError, IsolatedDockerError):
+            pass  # best effort; `pytest-isolated-docker prune` reports what it cannot remove
+        finally:
+            if client is not None:
+                client.close()
+
+    # ---- the worker's daemon ----------------------------------------------------------------
 
     def start_in_background(self) -> None:
-        """Begin starting the worker's daemon; collection and other tests go on meanwhile."""
+        """Begin starting the worker's daemon; other tests go on meanwhile. Idempotent."""
         self.guard()
         with self._lock:
             if self._future is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix="pytest-isolated-docker-start"
                 )
-                shared = self.settings.scope == "session"
-                context = self.shared_context if shared else self.context
-                self._future = self._executor.submit(start_daemon, context, shared=shared)
+                self._future = self._executor.submit(self._start_worker_daemon)
 
-    def daemon(self) -> DockerDaemon:
+    def _start_worker_daemon(self) -> DockerDaemon:
+        cls = backend_class(self.settings.backend)
+        if self.settings.scope == "session":
+            context = self.shared_context
+            return start_daemon(context, SharedBackend(context, cls))
+        return start_daemon(self.context, cls)
+
+    def worker_daemon(self) -> DockerDaemon:
+        """The worker's daemon, started now unless it is already starting."""
         self.start_in_background()
         assert self._future is not None
         return self._future.result()
 
     @property
     def started_daemon(self) -> DockerDaemon | None:
-        """The daemon if it started successfully, without waiting or starting one."""
+        """The worker's daemon if it started successfully, without waiting or starting one."""
         future = self._future
         if future is None or not future.done() or future.exception() is not None:
             return None
         return future.result()
 
-    def wait_for_start(self) -> None:
-        """Let a start still in flight finish, so that stop() removes what it made."""
-        if self._future is not None:
-            concurrent.futures.wait([self._future])
+    # ---- other daemons (fresh per test, factories) ------------------------------------------
+
+    def settings_for(self, options: dict[str, Any], origin: str) -> Settings:
+        """The session's settings with ``options`` from a factory or a marker (UsageError-free:
+        a bad value fails the test that asked, naming ``origin``)."""
+        try:
+            return override(self.settings, options, origin)
+        except SettingsError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    def start_daemon(self, settings: Settings) -> DockerDaemon:
+        """A new daemon of its own with ``settings`` (the caller stops it with :meth:`record`)."""
+        self.guard()
+        context = dataclasses.replace(self.context, settings=settings)
+        return start_daemon(context, backend_class(settings.backend))
 
     def record(self, daemon: DockerDaemon, label: str) -> None:
+        """Stop ``daemon`` and keep its facts for the terminal summary."""
         facts = daemon.describe()
         leftovers = daemon.stop()
         facts.update(
@@ -120,8 +162,33 @@ class DockerSession:
         )
         self.summaries.append(facts)
 
+    # ---- a test's use of a daemon -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def used_by_test(self, request: pytest.FixtureRequest, daemon: DockerDaemon) -> Iterator[None]:
+        """While a test uses ``daemon``: its failure report carries the daemon's log, and at its
+        end what appeared during the test is removed (``--docker-reset=test``). Objects that
+        existed when the test began, those of wider-scoped fixtures among them, stay."""
+        uses = request.node.stash.setdefault(test_uses_key, {})
+        if id(daemon) in uses:  # another fixture of this test tracks it already
+            yield
+            return
+        uses[id(daemon)] = daemon
+        request.node.stash[test_daemon_key] = daemon
+        reset = self.settings.reset == "test"
+        baseline = daemon.baseline() if reset else Baseline()
+        try:
+            yield
+        finally:
+            uses.pop(id(daemon), None)
+            if reset:
+                daemon.reset(keep=baseline)
+
+    # ---- the end ----------------------------------------------------------------------------
+
     def stop(self) -> None:
-        self.wait_for_start()
+        if self._future is not None:
+            concurrent.futures.wait([self._future])
         daemon = self.started_daemon
         if daemon is not None:
             self.record(daemon, "worker")
@@ -132,18 +199,42 @@ class DockerSession:
         if self.owns_session:
             # Every worker is gone by now: whatever still carries the session's label was left
             # by a worker that crashed, and is a leak to remove and report.
-            self.session_leftovers = reap_session(
-                self.identity.session_id, self.context.host_environment
-            )
-            remove_session_dir(self.context.session_dir)
+            self.session_leftovers = [
+                item
+                for item in reaper.end_session(
+                    self.identity.session_id,
+                    self.context.session_dir,
+                    self.context.host_environment,
+                )
+                if not item.startswith("session directory ")
+            ]
+        release_session(self.identity.session_id)
         if self._watchdog is not None:
             self._watchdog.dismiss()
 
 
+def daemon_or_outcome(settings: Settings, start: Callable[[], DockerDaemon]) -> DockerDaemon:
+    """Run ``start``; turn "no daemon can be had" into a failure or a skip, as configured."""
+    try:
+        return start()
+    except (IsolatedDockerError, docker.errors.DockerException) as exc:
+        reason = f"pytest-isolated-docker: no {settings.backend} daemon: {exc}"
+        skip = settings.unavailable == "skip" and isinstance(exc, DaemonUnavailable)
+    # Outside the except block, so that the report shows the reason, not a chain of tracebacks.
+    if skip:
+        pytest.skip(reason)
+    pytest.fail(reason, pytrace=False)
+
+
 session_key = pytest.StashKey[DockerSession]()
-#: The daemon a test used (the worker's or a fresh one), for its failure report.
+#: The daemon a test used last (the worker's or one of its own), for its failure report.
 test_daemon_key = pytest.StashKey[DockerDaemon]()
+#: The daemons a test uses, tracked once each for their reset.
+test_uses_key = pytest.StashKey[dict[int, DockerDaemon]]()
 
 
 def session_of(config: pytest.Config) -> DockerSession:
     return config.stash[session_key]
+
+
+__all__ = ["DockerSession", "daemon_or_outcome", "session_key", "session_of", "test_daemon_key"]

@@ -12,11 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .registry import backend_names
+
 ENV_PREFIX = "PYTEST_DOCKER_"
 INI_PREFIX = "docker_"
 FLAG_PREFIX = "--docker-"
 
-BACKENDS = ("dind", "socket", "machine")
+#: Registered backends (entry points), the built-in ones first.
+BACKENDS = backend_names()
 
 
 class SettingsError(ValueError):
@@ -27,7 +30,7 @@ class SettingsError(ValueError):
 class Source:
     """Where a raw value came from, worded for error messages."""
 
-    kind: str  # "flag" | "env" | "ini" | "default"
+    kind: str  # "flag" | "env" | "ini" | "default" | "keyword"
     name: str
 
     def __str__(self) -> str:
@@ -36,6 +39,7 @@ class Source:
             "env": f"environment variable {self.name}",
             "ini": f"ini option {self.name}",
             "default": f"default of {self.name}",
+            "keyword": self.name,
         }[self.kind]
 
 
@@ -346,6 +350,30 @@ def resolve(
             "worker's test. Use --docker-reset=never, or --docker-scope=worker."
         )
     return Settings(**values, sources=sources)
+
+
+def override(settings: Settings, options: Mapping[str, Any], origin: str) -> Settings:
+    """``settings`` with ``options`` (names of the option table, Python values) replaced, each
+    validated as its flag would be; ``origin`` names who asked (a factory, a marker) in errors."""
+    values: dict[str, Any] = {}
+    sources = dict(settings.sources)
+    for name, value in options.items():
+        spec = OPTIONS_BY_NAME.get(name)
+        if spec is None:
+            raise SettingsError(
+                f"{origin} got the unknown option {name}={value!r}. Valid options: "
+                f"{', '.join(OPTIONS_BY_NAME)}."
+            )
+        source = Source("keyword", f"{name}={value!r} of {origin}")
+        if spec.is_list:
+            items = [value] if isinstance(value, str) else list(value)
+            values[name] = tuple(spec.parse(str(item), source) for item in items)
+        elif isinstance(value, bool) or spec.is_flag:
+            values[name] = _parse_bool(str(value), source)
+        else:
+            values[name] = spec.parse(str(value), source)
+        sources[name] = source
+    return dataclasses.replace(settings, **values, sources=sources)
 
 
 def settings_from_environment(env: Mapping[str, str]) -> Settings:

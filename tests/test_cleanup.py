@@ -13,9 +13,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from pytest_isolated_docker.coordination import state_root
+from pytest_isolated_docker.coordination import claim_session, release_session, state_root
 from pytest_isolated_docker.labels import HOST, PID, SESSION, host_id
-from pytest_isolated_docker.reaper import claim_session
 
 from .conftest import labelled, spawn_pytest
 
@@ -103,33 +102,27 @@ def test_full_disk_while_preloading(
     assert labelled(host_engine, session) == []
 
 
-def _dead_pid() -> int:
-    child = subprocess.Popen(["true"])
-    child.wait()
-    return child.pid
-
-
 @pytest.mark.serial
 def test_prune_removes_only_what_dead_sessions_left(
     host_engine: docker.DockerClient, tmp_path: Path
 ) -> None:
-    dead = str(_dead_pid())
-    alive = str(os.getpid())
-    session = f"prune-test-{dead}"
+    """Dead: a session of this runtime dir nobody holds. Alive: one this process holds. Not
+    proven: another runtime dir's session (another container or machine) without a heartbeat."""
+    tag = f"{os.getpid()}-{time.time_ns()}"
+    dead, live, remote = f"prune-dead-{tag}", f"prune-live-{tag}", f"prune-remote-{tag}"
     stale = host_engine.volumes.create(
-        labels={SESSION: session, PID: dead, HOST: host_id()}, name=f"prune-stale-{dead}"
+        labels={SESSION: dead, PID: "1", HOST: host_id()}, name=f"prune-stale-{tag}"
     )
-    live = host_engine.volumes.create(
-        labels={SESSION: session + "-live", PID: alive, HOST: host_id()},
-        name=f"prune-live-{dead}",
+    alive = host_engine.volumes.create(
+        labels={SESSION: live, PID: str(os.getpid()), HOST: host_id()}, name=f"prune-alive-{tag}"
     )
     other_host = host_engine.volumes.create(
-        labels={SESSION: session + "-remote", PID: dead, HOST: "another-machine"},
-        name=f"prune-remote-{dead}",
+        labels={SESSION: remote, PID: "1", HOST: "another-runtime"}, name=f"prune-remote-{tag}"
     )
-    stale_dir = state_root() / "sessions" / session
-    stale_dir.mkdir(parents=True)
-    claim_session(stale_dir, int(dead))
+    stale_dir = state_root() / "sessions" / dead
+    (stale_dir / "holders").mkdir(parents=True)
+    (stale_dir / "holders" / "gone.holder").touch()  # its holder's process has ended
+    live_dir = claim_session(live)
     try:
         dry = subprocess.run(
             [sys.executable, "-m", "pytest_isolated_docker.cli", "prune", "--dry-run"],
@@ -137,11 +130,11 @@ def test_prune_removes_only_what_dead_sessions_left(
             text=True,
             check=True,
         ).stdout
-        assert f"would remove: volume prune-stale-{dead}" in dry
+        assert f"would remove: volume prune-stale-{tag}" in dry
         assert f"would remove: session directory {stale_dir}" in dry
-        assert "prune-live" not in dry
-        assert "prune-remote" not in dry
-        assert {v.name for v in host_engine.volumes.list()} >= {stale.name, live.name}
+        assert f"prune-alive-{tag}" not in dry
+        assert f"volume prune-remote-{tag}" not in dry
+        assert {v.name for v in host_engine.volumes.list()} >= {stale.name, alive.name}
 
         done = subprocess.run(
             [sys.executable, "-m", "pytest_isolated_docker.cli", "prune"],
@@ -149,13 +142,15 @@ def test_prune_removes_only_what_dead_sessions_left(
             text=True,
             check=True,
         ).stdout
-        assert f"removed: volume prune-stale-{dead}" in done
+        assert f"removed: volume prune-stale-{tag}" in done
         names = {v.name for v in host_engine.volumes.list()}
         assert stale.name not in names
-        assert live.name in names
+        assert alive.name in names
         assert other_host.name in names
         assert not stale_dir.exists()
+        assert live_dir.exists()
     finally:
-        for volume in (stale, live, other_host):
+        release_session(live)
+        for volume in (stale, alive, other_host):
             with contextlib.suppress(docker.errors.NotFound):
                 volume.remove(force=True)

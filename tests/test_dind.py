@@ -16,7 +16,8 @@ import docker
 import pytest
 import requests
 
-from pytest_isolated_docker.backends import BackendContext, start_daemon
+from pytest_isolated_docker.backends import BackendContext
+from pytest_isolated_docker.lifecycle import start_daemon
 from pytest_isolated_docker.daemon import DockerDaemon
 from pytest_isolated_docker.labels import Identity, new_session_id
 from pytest_isolated_docker.settings import resolve

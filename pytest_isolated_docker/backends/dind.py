@@ -9,20 +9,24 @@ in, and only then does dockerd start, listening with ``--tlsverify`` on a port p
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 from docker.models.containers import Container
 
-from ..coordination import cache_dir, locked, read_json, write_json
+from ..coordination import locked, read_json, state_root, write_json
 from ..daemon import Endpoint, phase
-from ..errors import StartupError
+from ..errors import DaemonUnavailable, StartupError
 from ..images import ensure_on_host
 from ..tls import server_archive
-from . import Backend, BackendContext
+from .base import Backend, BackendContext
 
 DOCKERD_PORT = 2376
 
@@ -52,6 +56,11 @@ exec dockerd "$@"
 """
 
 PRIVILEGED_REFUSED_HINTS = ("unable to apply caps", "operation not permitted")
+
+# How long a "--privileged was refused" memo is trusted. It lives in the runtime directory (gone
+# at reboot) and names the engine, its version and the kernel, so an upgrade or a new engine is
+# asked again; the expiry covers what none of those show (a changed bounding set, say).
+PRIVILEGE_MEMO_TTL = 24 * 3600.0
 
 # The recipe that works where --privileged is refused (see ENVIRONMENT.md of the project).
 PRIVILEGED: dict[str, Any] = {"host_config": {"privileged": True}}
@@ -104,10 +113,92 @@ def own_container(host: docker.DockerClient) -> Container | None:
     return container
 
 
+@dataclass(frozen=True)
+class EngineFacts:
+    """What a privilege memo is keyed by: which engine, which version, on which kernel."""
+
+    engine_id: str
+    version: str
+    kernel: str
+
+    @classmethod
+    def of(cls, host: docker.DockerClient) -> EngineFacts:
+        info = host.info()
+        return cls(
+            str(info.get("ID") or "unknown"),
+            str(info.get("ServerVersion") or "unknown"),
+            str(info.get("KernelVersion") or "unknown"),
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        return {"engine_id": self.engine_id, "version": self.version, "kernel": self.kernel}
+
+
+def privilege_memo_path(engine: EngineFacts, root: Path | None = None) -> Path:
+    """Where the memo for ``engine`` lives: the runtime directory, named by a hash of the facts."""
+    key = "\0".join((engine.engine_id, engine.version, engine.kernel))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return (root if root is not None else state_root()) / f"privileged-refused-{digest}.json"
+
+
+def write_privilege_memo(
+    engine: EngineFacts, reason: str, now: float | None = None, root: Path | None = None
+) -> Path:
+    """Record that ``engine`` refused a privileged container, why, and when."""
+    path = privilege_memo_path(engine, root)
+    memo = {
+        **engine.as_dict(),
+        "reason": reason,
+        "recorded": time.time() if now is None else now,
+    }
+    with locked(path.with_suffix(".lock")):
+        write_json(path, memo)
+    return path
+
+
+def read_privilege_memo(
+    engine: EngineFacts, now: float | None = None, root: Path | None = None
+) -> dict[str, Any] | None:
+    """The live memo for ``engine``, or None. An expired or unreadable one is removed."""
+    path = privilege_memo_path(engine, root)
+    memo = read_json(path)
+    if not memo:
+        return None
+    if _memo_is_live(memo, engine, time.time() if now is None else now):
+        return memo
+    with locked(path.with_suffix(".lock")):
+        # Another process may have written a fresh memo since it was read.
+        if not _memo_is_live(read_json(path), engine, time.time() if now is None else now):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return None
+
+
+def _memo_is_live(memo: dict[str, Any], engine: EngineFacts, now: float) -> bool:
+    recorded = memo.get("recorded")
+    if not isinstance(recorded, (int, float)) or isinstance(recorded, bool):
+        return False
+    if any(memo.get(key) != value for key, value in engine.as_dict().items()):
+        return False
+    return 0 <= now - recorded < PRIVILEGE_MEMO_TTL
+
+
+def describe_privilege_memo(memo: dict[str, Any], path: Path, now: float | None = None) -> str:
+    """The doctor's line about a live memo."""
+    age = (time.time() if now is None else now) - float(memo["recorded"])
+    left = max(PRIVILEGE_MEMO_TTL - age, 0.0)
+    return (
+        f"--privileged was refused by this engine (engine {memo['engine_id']} "
+        f"{memo['version']}) {int(age // 60)} min ago: dind containers use the capability "
+        f"recipe; the memo expires in {left / 3600:.1f} h (remove {path} to retry now)"
+    )
+
+
 class DindBackend(Backend):
     """A dockerd in a container of the host engine, reached over mutual TLS on 127.0.0.1."""
 
     name = "dind"
+    roles = ("dind", "dind-data")
     shareable = True
 
     _host: docker.DockerClient | None = None
@@ -131,6 +222,20 @@ class DindBackend(Backend):
                     "build-image dind`, then PYTEST_DOCKER_DIND_IMAGE=pytest-isolated-docker/dind"
                 )
         return found
+
+    @classmethod
+    def notes(cls, context: BackendContext) -> list[str]:
+        if context.settings.dind_privileged != "auto":
+            return []
+        try:
+            with contextlib.closing(context.host_client()) as host:
+                engine = EngineFacts.of(host)
+        except (DaemonUnavailable, docker.errors.DockerException):
+            return []
+        memo = read_privilege_memo(engine)
+        if memo is None:
+            return []
+        return [describe_privilege_memo(memo, privilege_memo_path(engine))]
 
     def start(self) -> Endpoint:
         self._host = host = self.context.host_client()
@@ -203,15 +308,17 @@ class DindBackend(Backend):
         )
         return str(created["Id"])
 
-    def _privilege_memo(self, host: docker.DockerClient) -> tuple[Any, dict[str, Any]]:
-        engine_id = host.info().get("ID", "unknown").replace(":", "")
-        path = cache_dir() / f"privileged-{engine_id}.json"
-        return path, read_json(path)
+    def _privilege_memo(
+        self, host: docker.DockerClient
+    ) -> tuple[EngineFacts, dict[str, Any] | None]:
+        """The host engine's facts, and its live "--privileged refused" memo if there is one."""
+        engine = EngineFacts.of(host)
+        return engine, read_privilege_memo(engine)
 
     def _run_container(self, host: docker.DockerClient, image: str) -> Container:
         choice = self.settings.dind_privileged
-        memo_path, memo = (None, {}) if choice != "auto" else self._privilege_memo(host)
-        if choice == "always" or (choice == "auto" and not memo.get("refused")):
+        engine, memo = (None, None) if choice != "auto" else self._privilege_memo(host)
+        if choice == "always" or (choice == "auto" and memo is None):
             try:
                 container = self._create_and_start(host, image, PRIVILEGED)
                 self._mode = "privileged"
@@ -223,9 +330,8 @@ class DindBackend(Backend):
                         f"the engine refused the privileged dind container: {exc}. "
                         "--docker-dind-privileged=auto falls back to a capability recipe.",
                     ) from exc
-                if memo_path is not None:
-                    with locked(memo_path.with_suffix(".lock")):
-                        write_json(memo_path, {"refused": str(exc)})
+                if engine is not None:
+                    write_privilege_memo(engine, str(exc))
         container = self._create_and_start(host, image, CAPABILITY_RECIPE)
         self._mode = (
             "capabilities (--privileged refused by the engine)"
@@ -319,6 +425,3 @@ class DindBackend(Backend):
             self._volume = None
         host.close()
         self._host = None
-
-
-BACKEND = DindBackend

@@ -19,7 +19,7 @@ from ..daemon import Endpoint, remove_objects
 from ..errors import UnsafeBackendRefused
 from ..labelproxy import LabelProxy, connector_for
 from ..labels import DAEMON
-from . import Backend, BackendContext
+from .base import Backend, BackendContext
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 
@@ -49,6 +49,7 @@ class SocketBackend(Backend):
     """The host engine (DOCKER_HOST, else the default socket), only with --docker-allow-unsafe."""
 
     name = "socket"
+    roles = ("test-object",)
     unsafe = True
 
     _proxy: LabelProxy | None = None
@@ -99,6 +100,3 @@ class SocketBackend(Backend):
         finally:
             self._proxy.stop()
             self._proxy = None
-
-
-BACKEND = SocketBackend

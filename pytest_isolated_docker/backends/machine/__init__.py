@@ -9,13 +9,14 @@ driven through the ``docker-machine`` CLI.
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import ClassVar
 
 import docker
 
 from ...daemon import Endpoint
 from ...errors import DaemonUnavailable
-from .. import Backend, BackendContext
+from ..base import Backend, BackendContext, DeadSession, ReapIncomplete
 
 QEMU = "qemu"
 
@@ -63,16 +64,29 @@ class MachineDriver(abc.ABC):
     def details(self) -> dict[str, str]:
         return {"mode": self.kind}
 
+    @classmethod
+    @abc.abstractmethod
+    def reap(cls, session_dir: Path, dry_run: bool) -> list[str]:
+        """Remove what VMs of this driver left in a dead session's directory (processes,
+        machines, files); raise :class:`ReapIncomplete` to keep the directory."""
+
+    @classmethod
+    def sweep_host(cls, dry_run: bool) -> list[str]:
+        """Remove this driver's leftovers that belong to no session."""
+        return []
+
+
+def driver_classes() -> list[type[MachineDriver]]:
+    """Every driver (the crash cleanup asks each)."""
+    from .docker_machine import DockerMachineDriver
+    from .qemu import QemuDriver
+
+    return [QemuDriver, DockerMachineDriver]
+
 
 def driver_class(name: str) -> type[MachineDriver]:
-    # Imported here: the driver modules import this package for MachineDriver.
-    if name == QEMU:
-        from .qemu import QemuDriver
-
-        return QemuDriver
-    from .docker_machine import DockerMachineDriver
-
-    return DockerMachineDriver
+    qemu, docker_machine = driver_classes()
+    return qemu if name == QEMU else docker_machine
 
 
 class MachineBackend(Backend):
@@ -131,7 +145,24 @@ class MachineBackend(Backend):
     def leftovers(self) -> list[str]:
         return self.driver.leftovers()
 
+    @classmethod
+    def reap(cls, dead: DeadSession, dry_run: bool = False) -> list[str]:
+        if dead.directory is None:
+            return []
+        removed: list[str] = []
+        incomplete: list[str] = []
+        for driver in driver_classes():
+            try:
+                removed += driver.reap(dead.directory, dry_run)
+            except ReapIncomplete as exc:
+                incomplete.append(str(exc))
+        if incomplete:
+            raise ReapIncomplete("; ".join(incomplete))
+        return removed
 
-BACKEND = MachineBackend
+    @classmethod
+    def sweep_host(cls, dry_run: bool = False) -> list[str]:
+        return [item for driver in driver_classes() for item in driver.sweep_host(dry_run)]
 
-__all__ = ["BACKEND", "MachineBackend", "MachineDriver", "driver_class"]
+
+__all__ = ["MachineBackend", "MachineDriver", "ReapIncomplete", "driver_class", "driver_classes"]

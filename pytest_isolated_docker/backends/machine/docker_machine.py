@@ -21,7 +21,7 @@ from pathlib import Path
 from ...daemon import Endpoint
 from ...errors import StartupError
 from ...tls import ClientTLS
-from .. import BackendContext
+from ..base import BackendContext, ReapIncomplete
 from . import MachineBackend, MachineDriver
 
 DOCKER_MACHINE = "docker-machine"
@@ -60,6 +60,34 @@ def parse_config(output: str) -> tuple[str, dict[str, Path]]:
     return values["-H"], files
 
 
+STORAGE_PREFIX = "docker-machine-"
+
+
+def run_docker_machine(
+    storage: Path, *args: str, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """``docker-machine ARGS`` with its state in ``storage`` (MACHINE_STORAGE_PATH)."""
+    return subprocess.run(
+        [DOCKER_MACHINE, *args],
+        env={**os.environ, "MACHINE_STORAGE_PATH": str(storage)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def listed_machines(storage: Path) -> list[str] | None:
+    """Machines docker-machine knows in ``storage``; None when that cannot be told."""
+    if not storage.exists():
+        return []
+    try:
+        listed = run_docker_machine(storage, "ls", "-q", timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return listed.stdout.split() if listed.returncode == 0 else None
+
+
 class DockerMachineDriver(MachineDriver):
     """A machine made by ``docker-machine create -d <driver>`` in a private storage path."""
 
@@ -68,7 +96,7 @@ class DockerMachineDriver(MachineDriver):
     def __init__(self, backend: MachineBackend) -> None:
         super().__init__(backend)
         self.machine = backend.object_name("machine")
-        self.storage = self.context.session_dir / f"docker-machine-{backend.instance}"
+        self.storage = self.context.session_dir / f"{STORAGE_PREFIX}{backend.instance}"
         self._created = False
         self._url = ""
         self._last_status = ""
@@ -91,14 +119,7 @@ class DockerMachineDriver(MachineDriver):
         return {**os.environ, "MACHINE_STORAGE_PATH": str(self.storage)}
 
     def _run(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [DOCKER_MACHINE, *args],
-            env=self._env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+        return run_docker_machine(self.storage, *args, timeout=timeout)
 
     def create_command(self) -> list[str]:
         command = [DOCKER_MACHINE, "create", "-d", self.settings.machine_driver]
@@ -215,13 +236,33 @@ class DockerMachineDriver(MachineDriver):
         shutil.rmtree(self.storage, ignore_errors=True)
 
     def _listed(self) -> bool:
-        if not self.storage.exists():
-            return False
-        try:
-            listed = self._run("ls", "-q", timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            return True  # unknown: keep the state rather than orphan a machine
-        return self.machine in listed.stdout.split()
+        machines = listed_machines(self.storage)
+        # Unknown (None): keep the state rather than orphan a machine.
+        return machines is None or self.machine in machines
+
+    @classmethod
+    def reap(cls, session_dir: Path, dry_run: bool) -> list[str]:
+        """``docker-machine rm -f -y`` every machine of a dead session, before its storage path
+        (docker-machine's only record of them) is deleted with the session directory."""
+        removed: list[str] = []
+        for storage in sorted(session_dir.glob(f"{STORAGE_PREFIX}*")):
+            if shutil.which(DOCKER_MACHINE) is None:
+                raise ReapIncomplete(
+                    f"{DOCKER_MACHINE} is not on PATH, so the machines kept in {storage} were not "
+                    f"removed: run `MACHINE_STORAGE_PATH={storage} {DOCKER_MACHINE} ls` and "
+                    f"`{DOCKER_MACHINE} rm -f -y NAME`, then `pytest-isolated-docker prune`"
+                )
+            machines = listed_machines(storage)
+            if machines is None:
+                raise ReapIncomplete(f"`{DOCKER_MACHINE} ls` failed for {storage}")
+            for machine in machines:
+                removed.append(f"docker-machine {machine} ({storage})")
+                if not dry_run:
+                    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                        run_docker_machine(storage, "rm", "-f", "-y", machine, timeout=300)
+            if not dry_run and listed_machines(storage):
+                raise ReapIncomplete(f"`{DOCKER_MACHINE} rm` left machines in {storage}")
+        return removed
 
     def leftovers(self) -> list[str]:
         found: list[str] = []

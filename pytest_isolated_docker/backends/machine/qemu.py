@@ -8,9 +8,9 @@ forwarded on 127.0.0.1 only. KVM is used when a short probe shows it works, else
 By default (``--docker-vm-boot=snapshot``) a VM is not booted but restored from a snapshot of a
 VM that booted as far as it can without its configuration (``snapshot.py``); ``cold`` boots each.
 
-Everything a VM uses lives in ``<session dir>/vm-<instance>/`` and QEMU writes its pid to
-``qemu.pid`` there: the crash reaper kills the pids found in ``vm-*/qemu.pid`` and removes those
-directories.
+Everything a VM uses lives in ``<session dir>/vm-<instance>/``, QEMU's identity included
+(``vm.py``): the crash cleanup of a dead session (:meth:`QemuDriver.reap`) kills the QEMUs that
+still run there.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-from ...coordination import cache_dir, locked, read_json, write_json
+from ...coordination import locked, read_json, runtime_root, write_json
 from ...daemon import Endpoint
 from ...errors import StartupError
 from ...images import VM_FILES, missing_vm_files, vm_image_dir
 from ...tls import server_archive
-from .. import BackendContext
+from ..base import BackendContext, ReapIncomplete
 from . import MachineBackend, MachineDriver
-from .snapshot import INSTALL_QEMU_IMG, QEMU_IMG, ensure_snapshot
-from .vm import QEMU_BINARY, Disk, Machine, QemuProcess, config_line, free_port, tail
+from .snapshot import INSTALL_QEMU_IMG, QEMU_IMG, ensure_snapshot, unfinished_builds
+from .vm import QEMU_BINARY, Disk, Machine, QemuProcess, config_line, free_port, reap_qemu, tail
 
 HOST_FROM_GUEST = "10.0.2.2"
 VCPUS = 2
@@ -67,7 +67,7 @@ def kvm_problem(binary: str, kernel: Path) -> str | None:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot_id = "unknown"
-    memo = cache_dir() / f"kvm-probe-{boot_id}.json"
+    memo = runtime_root() / f"kvm-probe-{boot_id}.json"
     with locked(memo.with_suffix(".lock")):
         known = read_json(memo)
         if "problem" in known:
@@ -255,6 +255,25 @@ class QemuDriver(MachineDriver):
             self.qemu.kill()
         else:
             shutil.rmtree(self.vm_dir, ignore_errors=True)
+
+    @classmethod
+    def reap(cls, session_dir: Path, dry_run: bool) -> list[str]:
+        removed: list[str] = []
+        for run_dir in sorted(session_dir.glob("vm-*")):
+            try:
+                removed += reap_qemu(run_dir, dry_run)
+            except LookupError as exc:
+                raise ReapIncomplete(str(exc)) from None
+        return removed
+
+    @classmethod
+    def sweep_host(cls, dry_run: bool) -> list[str]:
+        removed = []
+        for build in unfinished_builds():
+            removed.append(f"unfinished VM snapshot {build}")
+            if not dry_run:
+                shutil.rmtree(build, ignore_errors=True)
+        return removed
 
     def leftovers(self) -> list[str]:
         found: list[str] = []

@@ -10,7 +10,8 @@ resumes where the snapshot was taken, gets its own configuration and starts dock
 are its own.
 
 Snapshots are cached per machine in ``<cache>/vm-snapshots/<key>/`` and made once (file lock);
-one whose build was killed is found by its dead builder's pid and removed at the next build.
+a build whose builder was killed is known by its builder lock, which nobody holds any more, and is
+removed by the next build or sweep.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import shlex
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
-from ...coordination import cache_dir, locked, read_json, write_json
+from ...coordination import Holder, cache_dir, is_held, locked, read_json, write_json
 from ...errors import StartupError
-from ...reaper import process_alive
 from .vm import Disk, Machine, QemuProcess, tail
 
 # Bumped when the guest side of the protocol (recipes/vm/init.sh) changes what a snapshot holds.
@@ -39,6 +40,7 @@ INSTALL_QEMU_IMG = (
     "install Debian's qemu-utils (apt-get install qemu-utils), or use --docker-vm-boot=cold"
 )
 META = "meta.json"
+BUILDER = ".builder"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +90,11 @@ def snapshots_dir() -> Path:
 
 def unfinished_builds(key: str = "*") -> list[Path]:
     """Snapshot builds whose builder is gone (killed while it made the snapshot)."""
-    found = []
-    for build in snapshots_dir().glob(f"{key}.build-*"):
-        pid = build.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and process_alive(int(pid))):
-            found.append(build)
-    return found
+    return [
+        build
+        for build in snapshots_dir().glob(f"{key}.build-*")
+        if build.is_dir() and not is_held(build.with_name(build.name + BUILDER))
+    ]
 
 
 def _remove_orphans(parent: Path) -> None:
@@ -126,7 +127,8 @@ def ensure_snapshot(
         if (final / META).exists():
             return Snapshot(final), 0.0
         _remove_orphans(parent)
-        build = parent / f"{key}.build-{os.getpid()}"
+        build = parent / f"{key}.build-{secrets.token_hex(4)}"
+        builder = Holder.take(build.with_name(build.name + BUILDER))  # before the dir exists
         build.mkdir()
         started = time.monotonic()
         try:
@@ -135,8 +137,12 @@ def ensure_snapshot(
                 build / META,
                 {"root_disk": str(root_disk.resolve()), "machine": name, "made": time.time()},
             )
+            if builder is not None:
+                builder.release()
             os.replace(build, final)
         finally:
+            if builder is not None:
+                builder.release()
             shutil.rmtree(build, ignore_errors=True)
         return Snapshot(final), time.monotonic() - started
 

@@ -4,8 +4,10 @@ Shared by the VMs tests use and by the boot that makes a VM snapshot (``snapshot
 machine (CPU, memory, kernel, devices) is described once here, so that a snapshot taken of one
 QEMU can be restored by another.
 
-The run directory holds QEMU's pid file (``qemu.pid``: the crash reaper kills those found in
-``<session dir>/vm-*/``), its output, the guest console (serial 0), the control channel (serial 1,
+The run directory holds QEMU's identity (``qemu.identity``: pid and creation time) and a file
+whose flock QEMU itself holds for its whole life (``qemu.alive``): the crash reaper kills the QEMU
+of a dead session's ``vm-*/`` directories only when both say it is still that process. It also
+holds QEMU's output, the guest console (serial 0), the control channel (serial 1,
 a unix socket) and the QMP socket. QEMU gets ``TMPDIR`` pointing there, so the temporary
 copy-on-write file of ``snapshot=on`` goes with the directory.
 
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ...coordination import Holder, ProcessIdentity, is_held, read_json, write_json
 from ...errors import StartupError
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -145,6 +148,14 @@ class QemuProcess:
     def pid_file(self) -> Path:
         return self.run_dir / "qemu.pid"
 
+    @property
+    def identity_file(self) -> Path:
+        return self.run_dir / IDENTITY_FILE
+
+    @property
+    def alive_file(self) -> Path:
+        return self.run_dir / ALIVE_FILE
+
     def command(self, disk: Disk, port: int | None, incoming: Path | None) -> list[str]:
         machine, run = self.machine, self.run_dir
         netdev = "user,id=net0"
@@ -177,18 +188,27 @@ class QemuProcess:
         self.port = port or 0
         for stale in ("control.sock", "qmp.sock", "console.log"):
             (self.run_dir / stale).unlink(missing_ok=True)
-        with self.output_log.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.command(disk, port, incoming),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "TMPDIR": str(self.run_dir)},
-                # Its own session: a Ctrl-C meant for pytest must not kill the VM before the
-                # plugin removes it in order; the parent-death signal covers pytest being killed.
-                start_new_session=True,
-                preexec_fn=_set_parent_death_signal,
-            )
+        alive = Holder.take(self.alive_file)
+        if alive is None:
+            raise StartupError("start", f"another QEMU still runs in {self.run_dir}")
+        try:
+            with self.output_log.open("wb") as log:
+                self.process = subprocess.Popen(
+                    self.command(disk, port, incoming),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "TMPDIR": str(self.run_dir)},
+                    # Its own session: a Ctrl-C meant for pytest must not kill the VM before the
+                    # plugin removes it in order; the parent-death signal covers pytest killed.
+                    start_new_session=True,
+                    preexec_fn=_set_parent_death_signal,
+                    # QEMU holds the flock from now on: alive exactly while QEMU runs.
+                    pass_fds=(alive.fd,),
+                )
+        finally:
+            alive.release(unlink=False)
+        write_json(self.identity_file, ProcessIdentity.of(self.process.pid).to_json())
 
     def exit_code(self) -> int | None:
         return None if self.process is None else self.process.poll()
@@ -330,11 +350,35 @@ class QemuProcess:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def stray_pid(self) -> int | None:
-        """A QEMU recorded in this run dir that is not this object's process (say, left by a
-        process that crashed), or None."""
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(self.pid_file.read_text().strip())
-            ours = self.process.pid if self.process is not None else None
-            if pid != ours and b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
-        return None
+        """A QEMU recorded in this run dir that still runs and is not this object's process
+        (say, left by a process that crashed), or None."""
+        if not is_held(self.alive_file):
+            return None
+        identity = ProcessIdentity.from_json(read_json(self.identity_file))
+        ours = self.process.pid if self.process is not None and self.process.poll() is None else 0
+        if identity is None or identity.pid == ours:
+            return None
+        return identity.pid
+
+
+IDENTITY_FILE = "qemu.identity"
+ALIVE_FILE = "qemu.alive"
+
+
+def reap_qemu(run_dir: Path, dry_run: bool) -> list[str]:
+    """Kill the QEMU of a dead session's run directory, if it still runs.
+
+    Raises LookupError when QEMU still runs (its flock is held) but this process cannot see it
+    (another PID namespace): it cannot be stopped from here, and must not be judged gone.
+    """
+    if not is_held(run_dir / ALIVE_FILE):
+        return []
+    identity = ProcessIdentity.from_json(read_json(run_dir / IDENTITY_FILE))
+    if identity is None or identity.process() is None:
+        raise LookupError(
+            f"a QEMU still runs in {run_dir} but is not visible from this process "
+            "(another PID namespace?): stop it from where it was started"
+        )
+    if not dry_run:
+        identity.kill()
+    return [f"qemu process {identity.pid} ({run_dir.name})"]

@@ -1,0 +1,244 @@
+"""The backend interface: where a daemon comes from, and what a dead session of it left.
+
+The layers above (``lifecycle``, ``session``, ``reaper``, the fixtures) only ever use the methods
+of :class:`Backend`; they never look at a backend's name. Backends are found through the
+``pytest_isolated_docker.backends`` entry-point group (see :mod:`pytest_isolated_docker.registry`).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import functools
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import docker
+import docker.errors
+
+from ..coordination import claim_session
+from ..daemon import Endpoint, remove_objects
+from ..errors import DaemonUnavailable
+from ..images import preload
+from ..labels import DAEMON, ROLE, SESSION, Identity
+from ..settings import Settings
+from ..tls import CertificateAuthority, ClientTLS
+
+HOST_ENGINE_VARIABLES = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
+
+
+def host_environment_now() -> dict[str, str]:
+    environment = {name: os.environ[name] for name in HOST_ENGINE_VARIABLES if name in os.environ}
+    # Never empty: docker.from_env() reads os.environ again when handed an empty mapping.
+    environment.setdefault("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return environment
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What every backend gets: the settings, who it works for, and the session's shared files.
+
+    ``host_environment`` is how the host engine was reached when the session began: a test that
+    later points DOCKER_HOST at its isolated daemon must not make the next daemon start in there.
+    """
+
+    settings: Settings
+    identity: Identity
+    host_environment: Mapping[str, str] = field(default_factory=host_environment_now)
+
+    @property
+    def session_dir(self) -> Path:
+        """The session's directory (CA, client certificate, VM files), claimed by this process:
+        it lives as long as some process of the session does, and no longer."""
+        return claim_session(self.identity.session_id)
+
+    @functools.cached_property
+    def ca(self) -> CertificateAuthority:
+        return CertificateAuthority.load_or_create(self.session_dir, self.identity.session_id)
+
+    @functools.cached_property
+    def client_tls(self) -> ClientTLS:
+        return self.ca.client_tls(self.session_dir / "client")
+
+    def host_client(self, timeout: float = 60.0) -> docker.DockerClient:
+        """A client of the host engine (DOCKER_HOST, else the default socket)."""
+        try:
+            client = docker.from_env(timeout=int(timeout), environment=dict(self.host_environment))
+            client.ping()
+        except docker.errors.DockerException as exc:
+            raise DaemonUnavailable(
+                f"the host's Docker engine does not answer ({exc}). Start it, or point "
+                "DOCKER_HOST at a running engine; `pytest-isolated-docker doctor` checks every "
+                "backend."
+            ) from exc
+        return client
+
+
+class ReapIncomplete(Exception):
+    """Something of a dead session could not be removed: the sweep keeps its directory (so that
+    nothing needed to remove it later is lost) and reports why."""
+
+
+@dataclass(frozen=True)
+class DeadSession:
+    """What a sweep knows of a session whose death is proven: its id, its directory on this
+    machine (None when it has none here) and a client of the host engine (None when unreachable).
+    """
+
+    session_id: str
+    directory: Path | None
+    engine: docker.DockerClient | None
+
+
+class Backend(abc.ABC):
+    """Starts one daemon, tells how to reach it, shows its log, and removes all it made.
+
+    The class also owns the crash cleanup of its kind (:meth:`reap`, :meth:`sweep_host`): the
+    reaper calls every registered backend and knows none by name.
+    """
+
+    name: ClassVar[str]
+    #: Roles (the ``pytest-isolated-docker.role`` label) of the host-engine objects it makes.
+    roles: ClassVar[tuple[str, ...]] = ()
+    #: True when code under test can reach the host as root through this backend.
+    unsafe: ClassVar[bool] = False
+    #: True when one daemon can serve several processes (``share_state``/``attach``).
+    shareable: ClassVar[bool] = False
+
+    def __init__(self, context: BackendContext) -> None:
+        self.context = context
+        self.settings = context.settings
+        #: Tells this daemon's objects from those of other daemons of the same worker.
+        self.instance = secrets.token_hex(4)
+
+    def labels(self, role: str) -> dict[str, str]:
+        """Labels for an object this daemon makes on the host engine."""
+        return {**self.context.identity.labels(role), DAEMON: self.instance}
+
+    @property
+    def backend_name(self) -> str:
+        """The name reports show (a wrapper shows the backend it wraps)."""
+        return self.name
+
+    def share_state(self) -> dict[str, Any]:
+        """What another process needs to :meth:`attach` to this daemon (shareable backends)."""
+        raise NotImplementedError(f"the {self.name} backend cannot be shared")
+
+    @classmethod
+    def attach(cls, context: BackendContext, state: dict[str, Any]) -> Backend:
+        """A handle on a daemon another process started, from its :meth:`share_state`."""
+        raise NotImplementedError(f"the {cls.name} backend cannot be shared")
+
+    def object_name(self, suffix: str) -> str:
+        return self.context.identity.name(f"{self.instance}-{suffix}")
+
+    @classmethod
+    def problems(cls, context: BackendContext) -> list[str]:
+        """Why this backend cannot work on this machine, each with what to do (doctor)."""
+        try:
+            context.host_client().close()
+        except DaemonUnavailable as exc:
+            return [str(exc)]
+        return []
+
+    @classmethod
+    def notes(cls, context: BackendContext) -> list[str]:
+        """Facts worth knowing that are not problems (doctor prints them)."""
+        return []
+
+    @classmethod
+    def reap(cls, dead: DeadSession, dry_run: bool = False) -> list[str]:
+        """Remove what a dead session of this backend left; return what (would be) removed.
+
+        The default removes the session's host-engine objects of this backend's :attr:`roles`.
+        """
+        if dead.engine is None or not cls.roles:
+            return []
+        removed: list[str] = []
+        for role in cls.roles:
+            filters = {"label": [f"{SESSION}={dead.session_id}", f"{ROLE}={role}"]}
+            found = describe_objects(dead.engine, filters)
+            if found and not dry_run:
+                remove_objects(dead.engine, filters)
+            removed += found
+        return removed
+
+    @classmethod
+    def sweep_host(cls, dry_run: bool = False) -> list[str]:
+        """Remove leftovers of this backend that belong to no session (say, a cache entry whose
+        making was killed); return what (would be) removed."""
+        return []
+
+    @abc.abstractmethod
+    def start(self) -> Endpoint:
+        """Launch the daemon and return its endpoint (it need not answer yet)."""
+
+    def failure(self) -> str | None:
+        """Why the daemon can no longer come up, or None while it still may."""
+        return None
+
+    @abc.abstractmethod
+    def logs(self, tail: int) -> str:
+        """The last ``tail`` lines of the daemon's log."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop the daemon and remove everything this backend created. Idempotent."""
+
+    def diagnostics(self) -> str:
+        """State and log tail attached to start-up errors."""
+        return "--- last 50 lines of the daemon's log ---\n" + self.logs(50)
+
+    def owned_filters(self) -> dict[str, list[str]]:
+        """Filters selecting the objects tests may have made; empty means everything in it."""
+        return {}
+
+    def details(self) -> dict[str, str]:
+        """Backend-specific facts for the report (mode, image, ...)."""
+        return {}
+
+    def preload(self, target: docker.DockerClient) -> float:
+        """Load the configured images from the host engine into the started daemon."""
+        if not self.settings.preload:
+            return 0.0
+        with contextlib.closing(self.context.host_client()) as host:
+            return preload(host, target, self.settings.preload)
+
+    def leftovers(self) -> list[str]:
+        """What this daemon made that still exists (after :meth:`stop`, a leak)."""
+        with contextlib.closing(self.context.host_client()) as host:
+            return describe_objects(host, {"label": [f"{DAEMON}={self.instance}"]})
+
+
+def list_objects(
+    client: docker.DockerClient, filters: dict[str, list[str]]
+) -> list[tuple[str, dict[str, str]]]:
+    """``("kind name", labels)`` of each container, network and volume matching ``filters``."""
+    api = client.api
+    found = [
+        (f"container {c['Names'][0].lstrip('/')}", c["Labels"] or {})
+        for c in api.containers(all=True, filters=filters)
+    ]
+    found += [(f"network {n['Name']}", n["Labels"] or {}) for n in api.networks(filters=filters)]
+    volumes = api.volumes(filters=filters).get("Volumes") or []
+    found += [(f"volume {v['Name']}", v["Labels"] or {}) for v in volumes]
+    return found
+
+
+def describe_objects(client: docker.DockerClient, filters: dict[str, list[str]]) -> list[str]:
+    """``kind name`` of each container, network and volume matching ``filters``."""
+    return [what for what, _ in list_objects(client, filters)]
+
+
+__all__ = [
+    "Backend",
+    "BackendContext",
+    "DeadSession",
+    "ReapIncomplete",
+    "describe_objects",
+    "list_objects",
+]
