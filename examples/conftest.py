@@ -18,18 +18,6 @@ import pytest
 from pytest_isolated_docker import DockerDaemon
 
 
-@pytest.fixture
-def docker_py_env(docker_env: dict[str, str]) -> dict[str, str]:
-    """``docker_env`` for tools built on docker-py and requests (testcontainers, docker-compose v1).
-
-    requests lets ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``, which many CI images set to the
-    system's CA bundle, replace the CA that docker-py takes from ``DOCKER_CERT_PATH``: the TLS
-    handshake with the isolated daemon then fails with "unable to get local issuer certificate".
-    Blank values make requests fall back to the daemon's CA.
-    """
-    return {**docker_env, "REQUESTS_CA_BUNDLE": "", "CURL_CA_BUNDLE": ""}
-
-
 @pytest.fixture(scope="session")
 def host_engine() -> Iterator[docker.DockerClient]:
     """The host's own engine, only to check that nothing ran there."""

@@ -1,8 +1,9 @@
 """The docker CLI, docker compose and python-on-whales driven through ``docker_env``.
 
 ``docker_env`` holds ``DOCKER_HOST``, ``DOCKER_TLS_VERIFY``, ``DOCKER_CERT_PATH`` (and an empty
-``DOCKER_CONTEXT``) for the test's isolated daemon: merge it over ``os.environ`` for a subprocess.
-The test process's own environment is never changed.
+``DOCKER_CONTEXT``, and with TLS ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``) for the test's
+isolated daemon: merge it over ``os.environ`` for a subprocess. The test process's own
+environment is never changed.
 """
 
 from __future__ import annotations
@@ -68,15 +69,16 @@ def compose_command() -> list[str]:
 
 
 def test_docker_compose_runs_in_the_isolated_daemon(
-    docker_py_env: dict[str, str], whereabouts: Whereabouts, tmp_path: Path
+    docker_env: dict[str, str], whereabouts: Whereabouts, tmp_path: Path
 ) -> None:
-    # docker_py_env: docker_env with blank REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE, because Debian's
-    # docker-compose (v1) is built on docker-py and requests (see examples/conftest.py).
+    # Debian's docker-compose (v1) is built on docker-py and requests: docker_env's
+    # REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE (the daemon's CA plus the environment's) let it verify
+    # the daemon even where the CI image sets those variables.
     (tmp_path / "compose.yaml").write_text(COMPOSE_FILE)
     compose = [*compose_command(), "--project-name", "example", "--file", "compose.yaml"]
 
     def compose_run(*args: str) -> str:
-        return run([*compose, *args], docker_py_env, cwd=tmp_path)
+        return run([*compose, *args], docker_env, cwd=tmp_path)
 
     compose_run("up", "--detach")
     try:

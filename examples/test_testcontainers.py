@@ -26,13 +26,14 @@ IMAGE = "debian:bookworm-slim"  # preloaded into the isolated daemon by examples
 
 
 @pytest.fixture
-def testcontainers_env(docker_py_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def testcontainers_env(docker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Point testcontainers at the isolated daemon for one test, with its reaper off.
 
-    ``docker_py_env`` is ``docker_env`` plus blank ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``
-    (see examples/conftest.py): testcontainers builds its client with ``docker.from_env()``.
+    testcontainers builds its client with ``docker.from_env()``; ``docker_env`` also points
+    ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` at a bundle holding the daemon's CA, so a CA bundle
+    set by the CI image does not break the TLS handshake.
     """
-    for name, value in docker_py_env.items():
+    for name, value in docker_env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
     # The setting is read once and cached: set it on the config object too.

@@ -3,17 +3,26 @@
 One CA per test session, shared by its xdist workers; one client certificate per session; one
 server certificate per daemon, made for the addresses that daemon is reached at. Private keys on
 disk are written mode 0600.
+
+Beside a session's client files, :meth:`ClientTLS.ca_bundle` makes a CA bundle for subprocesses:
+the session's CA plus the CAs the user's environment trusted. requests lets ``REQUESTS_CA_BUNDLE``
+or ``CURL_CA_BUNDLE`` replace the CA that docker-py takes from ``DOCKER_CERT_PATH``; pointing both
+at this bundle keeps docker-py based tools able to reach the daemon and every other HTTPS server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import ipaddress
 import os
+import re
 import tarfile
+import tempfile
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +30,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from .coordination import locked
 
 _VALIDITY = datetime.timedelta(days=2)
+
+# The variables requests (and curl) read a CA bundle from, in the order requests tries them.
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN (?:TRUSTED )?CERTIFICATE-----.+?-----END (?:TRUSTED )?CERTIFICATE-----", re.S
+)
+# In a CA directory OpenSSL reads only files named by subject hash: 1a2b3c4d.0 (.r0 are CRLs).
+_HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+_bundle_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,26 @@ class ClientTLS:
     @property
     def client_key(self) -> Path:
         return self.cert_dir / "key.pem"
+
+    @property
+    def ca_bundle_path(self) -> Path:
+        return self.cert_dir / "ca-bundle.pem"
+
+    def ca_bundle(self, environment: Mapping[str, str] | None = None) -> Path:
+        """``ca-bundle.pem``: ``ca.pem`` followed by the CAs ``environment`` trusted.
+
+        Those are the CAs of the bundle named by ``REQUESTS_CA_BUNDLE``, else ``CURL_CA_BUNDLE``
+        (a file, or a directory of hashed names), when set and readable, else requests' default
+        bundle (certifi). ``environment`` defaults to ``os.environ``. Made on the first call,
+        written atomically (mode 0644), and kept: later calls, from any process of the session,
+        return the same file.
+        """
+        bundle = self.ca_bundle_path
+        with _bundle_lock:
+            if not bundle.exists():
+                trusted = _trusted_certificates(os.environ if environment is None else environment)
+                _write_atomically(bundle, _join_pem(self.ca_cert.read_bytes(), trusted), 0o644)
+        return bundle
 
 
 @dataclass(frozen=True)
@@ -97,6 +136,54 @@ def _write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.chmod(path, 0o600)
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _pem_certificates(location: Path) -> list[bytes]:
+    """The PEM certificates of a bundle file, or of a directory as OpenSSL reads it (hashed names).
+
+    Raises OSError when ``location`` cannot be read."""
+    if location.is_dir():
+        data = b"\n".join(
+            entry.read_bytes()
+            for entry in sorted(location.iterdir())
+            if _HASHED_NAME.fullmatch(entry.name) and entry.is_file()
+        )
+    else:
+        data = location.read_bytes()
+    return _PEM_CERTIFICATE.findall(data)
+
+
+def _trusted_certificates(environment: Mapping[str, str]) -> list[bytes]:
+    """The CAs requests in ``environment`` would trust: the bundle its variables name, else
+    requests' default (certifi)."""
+    for name in CA_BUNDLE_VARIABLES:
+        value = environment.get(name, "")
+        if not value:
+            continue
+        try:
+            return _pem_certificates(Path(value))
+        except OSError:
+            continue  # unreadable: as if unset
+    return _pem_certificates(Path(DEFAULT_CA_BUNDLE_PATH))
+
+
+def _join_pem(first: bytes, rest: Iterable[bytes]) -> bytes:
+    """``first`` then each certificate of ``rest`` not already in it, one per paragraph."""
+    blocks = dict.fromkeys([*_PEM_CERTIFICATE.findall(first), *rest])
+    return b"\n\n".join(blocks) + b"\n"
 
 
 def _name(common_name: str) -> x509.Name:

@@ -38,11 +38,6 @@ def docker_env(docker_daemon, docker_test_daemon):
 
 
 @pytest.fixture
-def docker_py_env(docker_env):
-    return {**docker_env, "REQUESTS_CA_BUNDLE": "", "CURL_CA_BUNDLE": ""}
-
-
-@pytest.fixture
 def docker_client(docker_daemon, docker_test_daemon):
     client = docker_daemon.new_client()
     yield client
