@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export PYTEST_DOCKER_DIND_IMAGE ?= pytest-isolated-docker/dind:latest
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit bench stress docs host images clean
+.PHONY: demo test lint typecheck unit-fast unit bench stress docs host images clean
 
 host:
 	dev/provision-host
@@ -33,15 +33,22 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
+# The fast tier: no Docker engine, QEMU or network, only the venv. The plugin is kept out of this
+# run (-p no:isolated_docker): loaded, it sweeps the host engine at the start and end of every
+# session. PYTEST_ARGS (--docker-* options) are for the engine suite and are not passed here.
+unit-fast: $(BIN)/.installed
+	$(BIN)/pytest tests/fast -p no:randomly -p no:isolated_docker -q
+
+# The engine suite: real daemons (tests/fast ran in unit-fast).
 unit: images
-	$(BIN)/pytest tests -n 2 -m "not serial" $(PYTEST_ARGS)
-	$(BIN)/pytest tests -m serial $(PYTEST_ARGS)
+	$(BIN)/pytest tests --ignore=tests/fast -n 2 -m "not serial" $(PYTEST_ARGS)
+	$(BIN)/pytest tests --ignore=tests/fast -m serial $(PYTEST_ARGS)
 
 # The docs, with warnings as errors; -E rereads every page so that no warning hides in a cache.
 docs: $(BIN)/.installed
 	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
 
-test: lint typecheck docs unit
+test: lint typecheck unit-fast docs unit
 	$(BIN)/pytest examples $(PYTEST_ARGS)
 
 bench: images

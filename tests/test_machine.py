@@ -474,15 +474,6 @@ def test_kill_9_while_the_vm_boots_takes_the_vm_down(
             time.sleep(0.2)
 
 
-def test_loopback_mirrors_are_rewritten_for_the_guest() -> None:
-    from pytest_isolated_docker.backends.machine.qemu import guest_url
-
-    assert guest_url("http://127.0.0.1:5000") == "http://10.0.2.2:5000"
-    assert guest_url("http://localhost:5000/") == "http://10.0.2.2:5000/"
-    assert guest_url("https://mirror.example:443") == "https://mirror.example:443"
-    assert guest_url("http://172.17.0.1:5000") == "http://172.17.0.1:5000"
-
-
 def test_vm_images_of_older_recipes_are_removed_after_a_build(
     host: docker.DockerClient, tmp_path: Path
 ) -> None:
