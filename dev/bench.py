@@ -37,11 +37,11 @@ import docker.errors
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pytest_isolated_docker.backends import BackendContext
-from pytest_isolated_docker.lifecycle import start_daemon
 from pytest_isolated_docker.backends.dind import CAPABILITY_RECIPE
 from pytest_isolated_docker.daemon import DockerDaemon
 from pytest_isolated_docker.images import preload
 from pytest_isolated_docker.labels import Identity, new_session_id
+from pytest_isolated_docker.lifecycle import start_daemon
 from pytest_isolated_docker.settings import resolve
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))

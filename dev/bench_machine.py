@@ -27,10 +27,10 @@ from typing import Any
 import docker
 
 from pytest_isolated_docker.backends import BackendContext
-from pytest_isolated_docker.lifecycle import start_daemon
 from pytest_isolated_docker.daemon import DockerDaemon
 from pytest_isolated_docker.images import build_vm_image, preload
 from pytest_isolated_docker.labels import Identity, new_session_id
+from pytest_isolated_docker.lifecycle import start_daemon
 from pytest_isolated_docker.settings import Settings
 
 IMAGE = "debian:bookworm-slim"

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import docker
 import docker.errors
@@ -19,11 +19,28 @@ import requests
 from .errors import StartupError
 from .tls import CA_BUNDLE_VARIABLES, ClientTLS
 
-if TYPE_CHECKING:
-    from .backends import Backend
-
 # The API version to use before the daemon has told us its own (only unversioned calls are made).
 _BOOTSTRAP_API_VERSION = "1.24"
+
+
+class DaemonBackend(Protocol):
+    """What a daemon needs of the backend that made it (``backends.Backend`` provides it)."""
+
+    @property
+    def backend_name(self) -> str: ...
+
+    @property
+    def unsafe(self) -> bool: ...
+
+    def logs(self, tail: int) -> str: ...
+
+    def details(self) -> Mapping[str, Any]: ...
+
+    def owned_filters(self) -> dict[str, list[str]]: ...
+
+    def stop(self) -> None: ...
+
+    def leftovers(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -200,7 +217,7 @@ class DockerDaemon:
     """
 
     def __init__(
-        self, backend: Backend, endpoint: Endpoint, api_version: str, startup_seconds: float
+        self, backend: DaemonBackend, endpoint: Endpoint, api_version: str, startup_seconds: float
     ) -> None:
         self._backend = backend
         self.endpoint = endpoint
@@ -216,11 +233,6 @@ class DockerDaemon:
     def backend(self) -> str:
         """The backend's name: ``dind``, ``socket`` or ``machine``."""
         return self._backend.backend_name
-
-    @property
-    def backend_object(self) -> Backend:
-        """The backend instance that made this daemon (for the engine's own use)."""
-        return self._backend
 
     @property
     def unsafe(self) -> bool:

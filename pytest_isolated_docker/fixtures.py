@@ -12,7 +12,8 @@ docker_daemon = factories.docker_daemon(
     doc="""The worker's isolated Docker daemon (one per session, or per xdist worker).
 
     A :class:`pytest_isolated_docker.DockerDaemon`: ``.client`` (docker-py), ``.env``
-    (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH for subprocesses), ``.base_url``,
+    (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH, and with TLS REQUESTS_CA_BUNDLE and
+    CURL_CA_BUNDLE naming a bundle with the session's CA, for subprocesses), ``.base_url``,
     ``.backend``, ``.logs()``. Started when the first test that needs it is about to run (in the
     background, while the test before it runs); stopped, with everything it made, at the end of
     the session. Objects made through it directly are not reset after each test: use it for
@@ -36,7 +37,10 @@ docker_client = factories.docker_client(
 docker_env = factories.docker_env(
     "docker_test_daemon",
     doc="""Environment variables pointing a subprocess (docker CLI, compose, docker-py based
-    tools) at this test's daemon.
+    tools) at this test's daemon: DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH, an empty
+    DOCKER_CONTEXT and, with TLS, REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE naming a bundle of the
+    session's CA and the CAs the environment trusted (so that requests-based tools verify the
+    daemon whatever those variables said).
 
     A fresh copy the test may change: ``subprocess.run([...], env={**os.environ, **docker_env})``.
     ``os.environ`` of the test process is never changed.

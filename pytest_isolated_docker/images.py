@@ -21,9 +21,8 @@ from pathlib import Path
 
 import docker
 import docker.errors
-import filelock
 
-from .coordination import cache_dir, locked, state_root
+from .coordination import LockTimeout, cache_dir, locked, state_root
 from .errors import StartupError
 from .settings import Settings
 
@@ -252,7 +251,7 @@ def _remove_older_vm_images(host: docker.DockerClient, keep: Path) -> None:
             with locked(lock, timeout=0):
                 shutil.rmtree(directory, ignore_errors=True)
             lock.unlink(missing_ok=True)
-        except filelock.Timeout:
+        except LockTimeout:
             continue
         with contextlib.suppress(docker.errors.DockerException):
             host.images.remove(f"{VM_REPOSITORY}:{directory.name}")

@@ -14,6 +14,9 @@ def start_daemon(
     """Start a daemon with ``backend`` (a class, an instance such as a lease on a shared daemon,
     or by default the configured backend) and wait until it answers. Whatever the backend made is
     removed again if any step fails, Ctrl-C included."""
+    # Claimed before anything exists: a sweep judges a session with objects and no claimed
+    # directory dead.
+    _ = context.session_dir
     if backend is None:
         backend = backend_class(context.settings.backend)
     instance = backend(context) if isinstance(backend, type) else backend

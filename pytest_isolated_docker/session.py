@@ -27,6 +27,9 @@ from .lifecycle import start_daemon
 from .settings import Settings, SettingsError, override
 from .sharing import SharedBackend
 
+#: A file in the session directory: some process of the session began to use the host engine.
+ENGINE_USED = "engine-used"
+
 #: The default fixtures that use the worker's daemon: a test asking for one of them (and not for a
 #: fresh daemon) lets the worker start its daemon ahead of time.
 WORKER_DAEMON_FIXTURES = frozenset(
@@ -82,6 +85,8 @@ class DockerSession:
             if self._watchdog is not None:
                 return
             self.claim()
+            # Tells the session's owner, at its end, that the host engine may hold leftovers.
+            (self.context.session_dir / ENGINE_USED).touch()
             self._watchdog = reaper.Watchdog.start(self.identity, self.context.host_environment)
             threading.Thread(
                 target=self._sweep_stale, name="pytest-isolated-docker-sweep", daemon=True
@@ -196,7 +201,7 @@ class DockerSession:
             self._executor.shutdown(wait=True)
         if self.holds_pull_cache:
             pullcache.release()
-        if self.owns_session:
+        if self.owns_session and (self.context.session_dir / ENGINE_USED).exists():
             # Every worker is gone by now: whatever still carries the session's label was left
             # by a worker that crashed, and is a leak to remove and report.
             self.session_leftovers = [

@@ -55,8 +55,8 @@ class SharedBackend(Backend):
                 self._inner = self.inner_class.attach(self.context, state["backend"])
                 endpoint = Endpoint(state["base_url"], self.context.client_tls)
             else:
-                daemon: DockerDaemon = start_daemon(self.context, self.inner_class)
-                self._inner = daemon.backend_object
+                self._inner = self.inner_class(self.context)
+                daemon: DockerDaemon = start_daemon(self.context, self._inner)
                 endpoint = daemon.endpoint
                 write_json(
                     self._state,

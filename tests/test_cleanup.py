@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,3 +155,113 @@ def test_prune_removes_only_what_dead_sessions_left(
         for volume in (stale, alive, other_host):
             with contextlib.suppress(docker.errors.NotFound):
                 volume.remove(force=True)
+
+
+WAITING_TEST = """
+import pathlib, time
+
+def test_waits(docker_client):
+    docker_client.containers.run("debian:bookworm-slim", "sleep 300", detach=True, name="mine")
+    pathlib.Path("started").touch()
+    deadline = time.monotonic() + 240
+    while not pathlib.Path("go").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # Its daemon and its container are still there.
+    assert docker_client.containers.get("mine").status == "running"
+"""
+
+NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+needs_unshare = pytest.mark.skipif(
+    shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare"
+)
+
+
+def _spawn_in_pid_namespace(directory: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*NAMESPACE, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=directory,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _prune(*args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_isolated_docker.cli", "prune", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+@needs_unshare
+def test_a_session_in_its_own_pid_namespace_survives_another_sessions_start(
+    pytester: pytest.Pytester, host_engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    """Two CI jobs on one engine, one unable to see the other's pids: the second one's start-up
+    sweep (and an explicit prune) must leave the first one's session alone."""
+    first_dir = tmp_path / "first"
+    first_dir.mkdir()
+    (first_dir / "test_waiting.py").write_text(WAITING_TEST)
+    first = _spawn_in_pid_namespace(first_dir, "--docker-preload", "debian:bookworm-slim")
+    try:
+        session = _session_from_header(first)
+        _wait_for(lambda: (first_dir / "started").exists(), 120, "the first run's test")
+        made = labelled(host_engine, session)
+        assert any("dind" in o for o in made), made
+
+        pytester.makepyfile("def test_second(docker_client):\n    assert docker_client.ping()\n")
+        second = pytester.runpytest_subprocess(timeout=300)
+        second.assert_outcomes(passed=1)
+        pruned = _prune()
+        assert session not in pruned, pruned
+        assert labelled(host_engine, session) == made
+        assert (state_root() / "sessions" / session / "client" / "ca.pem").exists()
+
+        (first_dir / "go").touch()
+        output = first.communicate(timeout=120)[0].decode(errors="replace")
+        assert first.returncode == 0, output
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert labelled(host_engine, session) == []
+
+
+@needs_unshare
+def test_a_session_of_another_runtime_dir_is_swept_only_when_its_heartbeat_expires(
+    host_engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    """Another container (own /tmp, same engine): alive while its watchdog's heartbeat is fresh,
+    swept once the engine says the heartbeat expired after the whole namespace was killed."""
+    from pytest_isolated_docker.reaper import HEARTBEAT_EXPIRY
+
+    other = tmp_path / "other"
+    (other / "runtime").mkdir(parents=True)
+    (other / "test_slow.py").write_text(SLOW_TEST)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(other / "runtime")}
+    process = subprocess.Popen(
+        [*NAMESPACE, sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+        cwd=other,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        session = _session_from_header(process)
+        _wait_for(lambda: (other / "started").exists(), 120, "the other run's test")
+        made = labelled(host_engine, session)
+        assert made
+        assert session not in _prune(), "a session with a fresh heartbeat must be kept"
+    finally:
+        process.kill()  # --kill-child: pytest and its watchdog die together, nothing cleans up
+        process.communicate()
+    killed = time.monotonic()
+    assert labelled(host_engine, session), "nobody should have cleaned up yet"
+    assert session not in _prune(), "the heartbeat has not expired yet"
+    deadline = killed + HEARTBEAT_EXPIRY + 30
+    while labelled(host_engine, session):
+        assert time.monotonic() < deadline, f"not swept: {labelled(host_engine, session)}"
+        time.sleep(2)
+        _prune()

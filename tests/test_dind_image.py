@@ -162,7 +162,7 @@ def test_a_refusal_is_memoised_for_this_engine(host_engine: docker.DockerClient)
         settings = resolve({"dind_privileged": "auto"}, os.environ, {})
         started = start_daemon(BackendContext(settings, Identity(new_session_id(), "tests")))
         try:
-            mode = started.backend_object.details()["mode"]
+            mode = started.describe()["mode"]
         finally:
             assert started.stop() == []
         memo = read_privilege_memo(EngineFacts.of(host_engine))

@@ -367,6 +367,44 @@ def test_docker_machine_driver_contract_with_standin(
     assert_nothing_left(session)
 
 
+SLOW_MACHINE_TEST = """
+import time
+
+def test_slow(docker_client):
+    open("started", "w").close()
+    time.sleep(300)
+"""
+
+
+@pytest.mark.usefixtures("standin_on_path")
+def test_kill_9_during_a_docker_machine_session_removes_the_machine(
+    pytester: pytest.Pytester, host: docker.DockerClient
+) -> None:
+    """The crash cleanup runs `docker-machine rm` before it deletes the storage path (the only
+    record docker-machine has of the machine): the stand-in's machine container goes with it."""
+    pytester.makepyfile(SLOW_MACHINE_TEST)
+    process = spawn_pytest(
+        pytester.path, "--docker-backend=machine", "--docker-machine-driver=standin-dind", STARTUP
+    )
+    session = _header_session(process)
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+        while not (pytester.path / "started").exists():
+            assert time.monotonic() < deadline, "the test did not start"
+            time.sleep(0.2)
+        assert standin_containers(host, session), "the stand-in machine should run"
+    finally:
+        process.kill()
+        process.communicate()
+    deadline = time.monotonic() + 30
+    while standin_containers(host, session) or (state_root() / "sessions" / session).exists():
+        assert time.monotonic() < deadline, (
+            f"left after kill -9: {standin_containers(host, session)}, "
+            f"{list((state_root() / 'sessions').glob(session + '*'))}"
+        )
+        time.sleep(0.2)
+
+
 @pytest.mark.usefixtures("standin_on_path")
 def test_docker_machine_unknown_driver_is_a_clear_error(
     pytester: pytest.Pytester, host: docker.DockerClient

@@ -27,7 +27,7 @@ from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
 
 import pytest_isolated_docker
-from pytest_isolated_docker import cli, plugin
+from pytest_isolated_docker import cli, fixtures, plugin
 from pytest_isolated_docker.settings import OPTIONS, OptionSpec
 
 # The order in which fixtures are documented: the expensive one first, then the per-test ones.
@@ -120,7 +120,7 @@ class OptionsTable(_GeneratedRst):
 
 def _find_fixture(name: str) -> Any:
     """The fixture definition named ``name``: in the plugin module or any module of the package."""
-    modules: list[Any] = [plugin]
+    modules: list[Any] = [fixtures, plugin]
     for info in pkgutil.iter_modules(pytest_isolated_docker.__path__):
         modules.append(importlib.import_module(f"pytest_isolated_docker.{info.name}"))
     for module in modules:
@@ -146,10 +146,15 @@ def fixture_entries() -> list[tuple[str, str, str, str]]:
 
 
 class FixturesReference(_GeneratedRst):
-    """One entry per fixture, its docstring taken from pytest_isolated_docker/plugin.py."""
+    """One entry per fixture, its docstring taken from pytest_isolated_docker/fixtures.py."""
 
     def lines(self) -> list[str]:
-        missing = sorted(set(plugin.DAEMON_FIXTURES) - set(FIXTURE_ORDER))
+        public = {
+            name
+            for name in dir(fixtures)
+            if hasattr(getattr(fixtures, name), "_fixture_function_marker")
+        }
+        missing = sorted(public - set(FIXTURE_ORDER))
         if missing:
             raise self.error(f"fixtures not documented (add them to FIXTURE_ORDER): {missing}")
         try:

@@ -21,8 +21,8 @@ from pathlib import Path
 from ...daemon import Endpoint
 from ...errors import StartupError
 from ...tls import ClientTLS
-from ..base import BackendContext, ReapIncomplete
-from . import MachineBackend, MachineDriver
+from ..base import Backend, BackendContext, ReapIncomplete
+from .driver import MachineDriver
 
 DOCKER_MACHINE = "docker-machine"
 # Machine states docker-machine reports from which the daemon will not come up by itself.
@@ -93,7 +93,7 @@ class DockerMachineDriver(MachineDriver):
 
     kind = "docker-machine"
 
-    def __init__(self, backend: MachineBackend) -> None:
+    def __init__(self, backend: Backend) -> None:
         super().__init__(backend)
         self.machine = backend.object_name("machine")
         self.storage = self.context.session_dir / f"{STORAGE_PREFIX}{backend.instance}"

@@ -29,8 +29,8 @@ from ...daemon import Endpoint
 from ...errors import StartupError
 from ...images import VM_FILES, missing_vm_files, vm_image_dir
 from ...tls import server_archive
-from ..base import BackendContext, ReapIncomplete
-from . import MachineBackend, MachineDriver
+from ..base import Backend, BackendContext, ReapIncomplete
+from .driver import MachineDriver
 from .snapshot import INSTALL_QEMU_IMG, QEMU_IMG, ensure_snapshot, unfinished_builds
 from .vm import QEMU_BINARY, Disk, Machine, QemuProcess, config_line, free_port, reap_qemu, tail
 
@@ -118,7 +118,7 @@ class QemuDriver(MachineDriver):
 
     kind = "qemu"
 
-    def __init__(self, backend: MachineBackend) -> None:
+    def __init__(self, backend: Backend) -> None:
         super().__init__(backend)
         self.vm_dir = self.context.session_dir / f"vm-{backend.instance}"
         self.image_dir = vm_image_dir(self.settings)

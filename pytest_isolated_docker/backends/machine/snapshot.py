@@ -40,7 +40,6 @@ INSTALL_QEMU_IMG = (
     "install Debian's qemu-utils (apt-get install qemu-utils), or use --docker-vm-boot=cold"
 )
 META = "meta.json"
-BUILDER = ".builder"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +87,17 @@ def snapshots_dir() -> Path:
     return cache_dir() / "vm-snapshots"
 
 
+def _builder_file(build: Path) -> Path:
+    """The file whose flock the builder of ``build`` holds (beside it, not matching its glob)."""
+    return build.with_name(build.name.replace(".build-", ".builder-"))
+
+
 def unfinished_builds(key: str = "*") -> list[Path]:
     """Snapshot builds whose builder is gone (killed while it made the snapshot)."""
     return [
         build
         for build in snapshots_dir().glob(f"{key}.build-*")
-        if build.is_dir() and not is_held(build.with_name(build.name + BUILDER))
+        if build.is_dir() and not is_held(_builder_file(build))
     ]
 
 
@@ -128,7 +132,7 @@ def ensure_snapshot(
             return Snapshot(final), 0.0
         _remove_orphans(parent)
         build = parent / f"{key}.build-{secrets.token_hex(4)}"
-        builder = Holder.take(build.with_name(build.name + BUILDER))  # before the dir exists
+        builder = Holder.take(_builder_file(build))  # before the dir exists
         build.mkdir()
         started = time.monotonic()
         try:
