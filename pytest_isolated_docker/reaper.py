@@ -196,10 +196,17 @@ def unproven_sessions(client: docker.DockerClient) -> list[str]:
 
 
 def _engine(environment: Mapping[str, str] | None) -> docker.DockerClient | None:
+    """A client of the host engine if it answers now, else None."""
     try:
-        return docker.from_env(timeout=30, environment=dict(environment or os.environ))
+        client = docker.from_env(timeout=30, environment=dict(environment or os.environ))
     except docker.errors.DockerException:
         return None
+    try:
+        client.ping()
+    except docker.errors.DockerException:
+        client.close()
+        return None
+    return client
 
 
 def _remove_labelled(client: docker.DockerClient | None, labels: list[str]) -> list[str]:
