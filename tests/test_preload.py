@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import collections.abc
 import io
+import os
 
 import docker
 import pytest
 
 from .conftest import labelled, session_of
 
-LOCAL_IMAGE = "local/thing:1"
+# One tag per xdist worker of this suite: each worker's module fixture builds and removes its own.
+LOCAL_IMAGE = f"local/thing-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}:1"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_local_image_runs_in_both_workers_daemons(
     )
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(
-        ["isolated-docker: preloading local/thing:1", "gw0: *preload*", "gw1: *preload*"]
+        [f"isolated-docker: preloading {local_image}", "gw0: *preload*", "gw1: *preload*"]
     )
     assert labelled(host_engine, session_of(result.stdout.str())) == []
 
