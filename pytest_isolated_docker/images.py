@@ -105,9 +105,19 @@ def preload(host: docker.DockerClient, target: docker.DockerClient, images: Sequ
                 "its disk may be full (see the daemon log).",
             ) from exc
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, len(images))) as pool:
-        for future in [pool.submit(copy, image) for image in images]:
+    # One stream per image, however many of its names are asked for: the others are tags.
+    by_id: dict[str, list[str]] = {}
+    for image in dict.fromkeys(images):
+        # A digest or an ID cannot be made a tag in the target: such a name is streamed itself.
+        taggable = "@" not in image and not image.startswith("sha256:")
+        key = host.api.inspect_image(image)["Id"] if taggable else image
+        by_id.setdefault(key, []).append(image)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, len(by_id))) as pool:
+        for future in [pool.submit(copy, names[0]) for names in by_id.values()]:
             future.result()
+    for first, *others in by_id.values():
+        for other in others:
+            target.api.tag(first, *_split(other))
     return time.monotonic() - start
 
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 import collections.abc
 import io
 import os
+import time
 
 import docker
 import pytest
+
+from pytest_isolated_docker.backends import BackendContext
+from pytest_isolated_docker.labels import Identity, new_session_id
+from pytest_isolated_docker.lifecycle import start_daemon
+from pytest_isolated_docker.settings import resolve
 
 from .conftest import labelled, session_of
 
@@ -84,3 +90,24 @@ def test_image_that_exists_nowhere_fails_before_any_test(pytester: pytest.Pytest
         ["*[[]preload[]]*cannot be pulled: pytest-isolated-docker/nowhere:404*--docker-preload*"]
     )
     assert "must not run" not in result.stdout.str()
+
+
+def test_an_image_under_several_names_is_streamed_once(host_engine: docker.DockerClient) -> None:
+    """Two tags of one image: one load into the daemon (its own events say so), both tags there."""
+    alias = f"local/alias-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}:1"
+    host_engine.images.get("debian:bookworm-slim").tag(alias)
+    settings = resolve({"preload": ["debian:bookworm-slim", alias]}, os.environ, {})
+    try:
+        daemon = start_daemon(BackendContext(settings, Identity(new_session_id(), "tests")))
+        try:
+            events = daemon.client.api.events(
+                since=0, until=int(time.time()) + 1, decode=True, filters={"type": "image"}
+            )
+            actions = [event["Action"] for event in events]
+            assert actions.count("load") == 1, actions
+            tags = daemon.client.images.get(alias).tags
+            assert set(tags) >= {"debian:bookworm-slim", alias}
+        finally:
+            assert daemon.stop() == []
+    finally:
+        host_engine.images.remove(alias)
