@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import docker
 import docker.errors
 
+from . import engines
 from .backends import BackendContext, DeadSession, backend_class
 from .coordination import session_alive, sessions_root
 from .errors import IsolatedDockerError
@@ -29,6 +30,8 @@ def _doctor(args: argparse.Namespace) -> int:
     context = BackendContext(settings, Identity(new_session_id()))
     rows = [(name, backend_class(name).problems(context)) for name in BACKENDS]
     width = max(len(name) for name in BACKENDS) + 2
+    engine = context.engine
+    print(f"host engine: {engine.describe() if engine.url else engine.found_by}")
     print(f"{'backend':<{width}}{'status':<8}details")
     for name, problems in rows:
         marker = " (configured)" if name == settings.backend else ""
@@ -52,9 +55,9 @@ def _build_image(args: argparse.Namespace) -> int:
     from . import images
 
     try:
-        host = docker.from_env(timeout=600)
+        host = engines.client(engines.resolve(), timeout=600)
         host.ping()
-    except docker.errors.DockerException as exc:
+    except (docker.errors.DockerException, engines.EngineNotFound) as exc:
         print(f"error: the host's Docker engine does not answer ({exc})", file=sys.stderr)
         return 1
     try:
@@ -70,10 +73,10 @@ def _build_image(args: argparse.Namespace) -> int:
 
 def _prune(args: argparse.Namespace) -> int:
     try:
-        client: docker.DockerClient | None = docker.from_env(timeout=60)
+        client: docker.DockerClient | None = engines.client(engines.resolve(), timeout=60)
         assert client is not None
         client.ping()
-    except docker.errors.DockerException as exc:
+    except (docker.errors.DockerException, engines.EngineNotFound) as exc:
         print(f"warning: host engine unreachable, only files are swept ({exc})", file=sys.stderr)
         client = None
     verb = "would remove" if args.dry_run else "removed"

@@ -116,6 +116,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"reset={settings.reset} session={session.identity.session_id}"
     )
     lines = [line]
+    engine = session.context.engine
+    lines.append(
+        "isolated-docker: host engine "
+        + (engine.describe() if engine.url else f"not found: {engine.found_by}")
+    )
     if settings.preload:
         lines.append(f"isolated-docker: preloading {', '.join(settings.preload)}")
     if settings.registry_mirror:

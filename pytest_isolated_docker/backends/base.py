@@ -10,9 +10,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import functools
-import os
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,35 +18,42 @@ from typing import Any, ClassVar
 import docker
 import docker.errors
 
+from .. import engines
 from ..coordination import claim_session
 from ..daemon import Endpoint, remove_objects
+from ..engines import Engine
 from ..errors import DaemonUnavailable
 from ..images import preload
 from ..labels import DAEMON, ROLE, SESSION, Identity
 from ..settings import Settings
 from ..tls import CertificateAuthority, ClientTLS
 
-HOST_ENGINE_VARIABLES = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
 
-
-def host_environment_now() -> dict[str, str]:
-    environment = {name: os.environ[name] for name in HOST_ENGINE_VARIABLES if name in os.environ}
-    # Never empty: docker.from_env() reads os.environ again when handed an empty mapping.
-    environment.setdefault("DOCKER_HOST", "unix:///var/run/docker.sock")
-    return environment
+def engine_now() -> Engine:
+    """The host engine as the docker CLI would find it now; an unreadable context is kept as an
+    engine without URL whose ``found_by`` says why (reported when the engine is first needed)."""
+    try:
+        return engines.resolve()
+    except engines.EngineNotFound as exc:
+        return Engine("", str(exc))
 
 
 @dataclass(frozen=True)
 class BackendContext:
     """What every backend gets: the settings, who it works for, and the session's shared files.
 
-    ``host_environment`` is how the host engine was reached when the session began: a test that
-    later points DOCKER_HOST at its isolated daemon must not make the next daemon start in there.
+    ``engine`` is the host engine as found when the session began: a test that later points
+    DOCKER_HOST at its isolated daemon must not make the next daemon start in there.
     """
 
     settings: Settings
     identity: Identity
-    host_environment: Mapping[str, str] = field(default_factory=host_environment_now)
+    engine: Engine = field(default_factory=engine_now)
+
+    @property
+    def host_environment(self) -> dict[str, str]:
+        """DOCKER_HOST and its TLS variables naming the host engine (for processes we start)."""
+        return self.engine.environment()
 
     @property
     def session_dir(self) -> Path:
@@ -65,15 +70,20 @@ class BackendContext:
         return self.ca.client_tls(self.session_dir / "client")
 
     def host_client(self, timeout: float = 60.0) -> docker.DockerClient:
-        """A client of the host engine (DOCKER_HOST, else the default socket)."""
+        """A client of the host engine, checked to answer."""
+        if not self.engine.url:
+            raise DaemonUnavailable(
+                f"no host Docker engine: {self.engine.found_by}. Fix DOCKER_CONTEXT or the "
+                "current context (`docker context use NAME`), or set DOCKER_HOST."
+            )
         try:
-            client = docker.from_env(timeout=int(timeout), environment=dict(self.host_environment))
+            client = engines.client(self.engine, timeout)
             client.ping()
         except docker.errors.DockerException as exc:
             raise DaemonUnavailable(
-                f"the host's Docker engine does not answer ({exc}). Start it, or point "
-                "DOCKER_HOST at a running engine; `pytest-isolated-docker doctor` checks every "
-                "backend."
+                f"the host's Docker engine at {self.engine.describe()} does not answer ({exc}). "
+                "Start it, or point DOCKER_HOST (or the Docker context) at a running engine; "
+                "`pytest-isolated-docker doctor` checks every backend."
             ) from exc
         return client
 
