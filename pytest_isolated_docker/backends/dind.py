@@ -13,6 +13,7 @@ import hashlib
 import os
 import socket
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,43 @@ def _volume_options(storage: str) -> dict[str, str]:
     if kind == "tmpfs":
         return {"type": "tmpfs", "device": "tmpfs", "o": f"size={size}"}
     return {}
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+REACHABLE_TIMEOUT = 5.0
+
+
+def remote_engine_host(url: str, described: str) -> str | None:
+    """The engine machine's name or address when it is another machine (``tcp://`` not on
+    loopback), None for an engine on this one. ``ssh://`` engines are refused with the reason."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "ssh":
+        raise DaemonUnavailable(
+            f"the dind backend cannot use an ssh:// engine yet ({described}): its daemon would be "
+            "published on that machine, which this process reaches only through SSH. Run pytest "
+            "on the engine's machine, give it a tcp:// endpoint with TLS, or use "
+            "--docker-backend=machine."
+        )
+    if parts.scheme in ("tcp", "http", "https") and parts.hostname not in LOOPBACK_NAMES:
+        return parts.hostname
+    return None
+
+
+def _check_reachable(address: str, port: int, engine: str) -> None:
+    """Fail within seconds, not after the start-up timeout, when the published port cannot be
+    reached from this machine. dockerd is not listening yet (it waits for its certificates), so
+    a refusal proves the path works: the engine's machine answered."""
+    try:
+        socket.create_connection((address, port), timeout=REACHABLE_TIMEOUT).close()
+    except ConnectionRefusedError:
+        return
+    except OSError as exc:
+        raise StartupError(
+            "start",
+            f"the dind daemon is published at {address}:{port} by the engine {engine}, but this "
+            f"machine cannot connect there ({exc}). Likely a firewall or NAT between this "
+            "machine and the engine's; run pytest where it can reach the engine's addresses.",
+        ) from exc
 
 
 def own_container(host: docker.DockerClient) -> Container | None:
@@ -202,6 +240,7 @@ class DindBackend(Backend):
     shareable = True
 
     _host: docker.DockerClient | None = None
+    _remote: str | None = None
     _container: Container | None = None
     _volume: str | None = None
     _mode = ""
@@ -238,6 +277,8 @@ class DindBackend(Backend):
         return [describe_privilege_memo(memo, privilege_memo_path(engine))]
 
     def start(self) -> Endpoint:
+        engine = self.context.engine
+        self._remote = remote_engine_host(engine.url, engine.describe())
         self._host = host = self.context.host_client()
         image = self.settings.dind_image
         self._ensure_image(host, image)
@@ -251,6 +292,8 @@ class DindBackend(Backend):
             container = self._run_container(host, image)
             self._container = container
             address, port = self._address(host, container)
+            if self._remote is not None:
+                _check_reachable(address, port, engine.describe())
             tls = self.context.ca.server_tls(
                 ["127.0.0.1", "localhost", address, container.name or "", *self._container_ips()]
             )
@@ -291,7 +334,9 @@ class DindBackend(Backend):
         ``systempaths=unconfined`` (empty masked and read-only path lists)."""
         api = host.api
         host_config = api.create_host_config(
-            port_bindings={DOCKERD_PORT: ("127.0.0.1", None)},
+            # A remote engine's loopback cannot be reached from here: its daemon is published on
+            # the engine machine's addresses (mutual TLS still refuses anyone without our keys).
+            port_bindings={DOCKERD_PORT: ("0.0.0.0" if self._remote else "127.0.0.1", None)},
             binds={self._volume: {"bind": "/var/lib/docker", "mode": "rw"}},
             **mode.get("host_config", {}),
         )
@@ -353,8 +398,15 @@ class DindBackend(Backend):
         return container
 
     def _address(self, host: docker.DockerClient, container: Container) -> tuple[str, int]:
-        """Where this process reaches the daemon: 127.0.0.1:<published port>, or the container
-        network when pytest itself runs in a container of the same engine."""
+        """Where this process reaches the daemon: 127.0.0.1:<published port>, the remote
+        engine's address and the published port, or the container network when pytest itself
+        runs in a container of the same engine."""
+        bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{DOCKERD_PORT}/tcp") or []
+        if self._remote is not None:
+            for binding in bindings:
+                if binding.get("HostIp") in ("0.0.0.0", "", None):
+                    return self._remote, int(binding["HostPort"])
+            raise StartupError("start", f"the remote engine published no port: {bindings!r}")
         me = own_container(host)
         if me is not None:
             network_name = next(iter(me.attrs["NetworkSettings"]["Networks"]), "bridge")
@@ -363,7 +415,6 @@ class DindBackend(Backend):
                 container.reload()
             ip = container.attrs["NetworkSettings"]["Networks"][network_name]["IPAddress"]
             return ip, DOCKERD_PORT
-        bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{DOCKERD_PORT}/tcp") or []
         for binding in bindings:
             if binding.get("HostIp") == "127.0.0.1":
                 return "127.0.0.1", int(binding["HostPort"])

@@ -1,0 +1,100 @@
+"""A remote engine over TCP: another machine (a network namespace with its own dockerd)."""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from .conftest import labelled, session_of
+from .netns_hosts import NetnsHost, available, netns_host
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+DIND_IMAGE = "pytest-isolated-docker/dind:latest"
+
+
+@pytest.fixture(scope="module")
+def remote(
+    host_engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> collections.abc.Iterator[NetnsHost]:
+    """A machine with its own engine that has the dind image and debian:bookworm-slim."""
+    with netns_host(
+        tmp_path_factory.mktemp("hosts"), [DIND_IMAGE, "debian:bookworm-slim"], host_engine
+    ) as host:
+        yield host
+
+
+def test_dind_on_a_remote_tcp_engine(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, remote: NetnsHost
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", remote.url)
+    pytester.makepyfile(
+        "def test_remote(docker_client, docker_env):\n"
+        "    out = docker_client.containers.run('debian:bookworm-slim', 'echo far', remove=True)\n"
+        "    assert out == b'far\\n'\n"
+        f"    assert docker_env['DOCKER_HOST'].startswith('tcp://{remote.address}:')\n"
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:randomly", "--docker-preload", "debian:bookworm-slim", timeout=300
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"isolated-docker: host engine {remote.url} (found by DOCKER_HOST)",
+            f"main: dind * at tcp://{remote.address}:*leaks at teardown: 0*",
+        ]
+    )
+    with contextlib.closing(remote.client()) as client:
+        assert labelled(client, session_of(result.stdout.str())) == []
+
+
+def test_a_published_port_this_machine_cannot_reach_fails_within_seconds(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, remote: NetnsHost
+) -> None:
+    """The engine answers, but a firewall on its machine drops what its containers publish."""
+    monkeypatch.setenv("DOCKER_HOST", remote.url)
+    pytester.makepyfile("def test_one(docker_client):\n    pass\n")
+    drop = ["DOCKER-USER", "-i", "eth0", "-p", "tcp", "-j", "DROP"]
+    remote.run("iptables", "-I", *drop)
+    try:
+        started = time.monotonic()
+        result = pytester.runpytest_subprocess(timeout=120)
+        assert time.monotonic() - started < 15
+    finally:
+        remote.run("iptables", "-D", *drop)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [f"*published at {remote.address}:* but this machine cannot connect there*"]
+    )
+    with contextlib.closing(remote.client()) as client:
+        assert labelled(client, session_of(result.stdout.str())) == []
+
+
+def test_an_engine_where_nothing_listens_fails_within_seconds(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, remote: NetnsHost
+) -> None:
+    url = f"tcp://{remote.address}:2399"
+    monkeypatch.setenv("DOCKER_HOST", url)
+    pytester.makepyfile("def test_one(docker_client):\n    pass\n")
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess(timeout=120)
+    assert time.monotonic() - started < 15
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [f"*host's Docker engine at {url} (found by DOCKER_HOST) does not*"]
+    )
+
+
+def test_an_ssh_engine_is_refused_with_the_reason(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "ssh://root@10.231.250.2")
+    pytester.makepyfile("def test_one(docker_client):\n    pass\n")
+    result = pytester.runpytest_subprocess("--docker-unavailable=skip", "-rs", timeout=120)
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*dind backend cannot use an ssh:// engine yet*"])
