@@ -104,9 +104,21 @@ def resolve(environ: Mapping[str, str] | None = None) -> Engine:
     return Engine(f"unix://{DEFAULT_SOCKET}", "the default socket")
 
 
+def local_engines(environ: Mapping[str, str] | None = None) -> list[Engine]:
+    """The engines whose sockets are on this machine (the system's, rootless Docker's)."""
+    env = os.environ if environ is None else environ
+    found = []
+    if os.path.exists(DEFAULT_SOCKET):
+        found.append(Engine(f"unix://{DEFAULT_SOCKET}", "the default socket"))
+    rootless = Path(env.get("XDG_RUNTIME_DIR", "") or "/nonexistent") / "docker.sock"
+    if rootless.exists():
+        found.append(Engine(f"unix://{rootless}", "rootless Docker's socket ($XDG_RUNTIME_DIR)"))
+    return found
+
+
 def client(engine: Engine, timeout: float = 60.0) -> docker.DockerClient:
     """A docker-py client of ``engine`` (not contacted yet)."""
     return docker.from_env(timeout=int(timeout), environment=engine.environment())
 
 
-__all__ = ["DEFAULT_SOCKET", "Engine", "EngineNotFound", "client", "resolve"]
+__all__ = ["DEFAULT_SOCKET", "Engine", "EngineNotFound", "client", "local_engines", "resolve"]

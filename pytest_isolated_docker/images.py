@@ -54,24 +54,56 @@ def pull_with_progress(host: docker.DockerClient, image: str) -> str | None:
     return None
 
 
-def ensure_on_host(host: docker.DockerClient, images: Iterable[str], phase: str, hint: str) -> None:
-    """Make sure each image is in the host engine, pulling it once per host (file lock).
+def copy_between(source: docker.DockerClient, target: docker.DockerClient, image: str) -> None:
+    """Stream ``image`` from ``source`` into ``target`` (``docker save | docker load``)."""
+    size = source.api.inspect_image(image).get("Size", 0)
+    print(
+        f"pytest-isolated-docker: copying {image} ({size / 1e6:.0f} MB) from "
+        f"{source.api.base_url} into the host engine",
+        file=sys.stderr,
+    )
+    for message in target.api.load_image(source.api.get_image(image, chunk_size=_CHUNK)) or ():
+        if isinstance(message, dict) and message.get("error"):
+            raise docker.errors.DockerException(str(message["error"]))
 
-    Raises a StartupError for ``phase`` naming every image that is neither present nor pullable,
-    followed by ``hint`` (what to do instead).
+
+def ensure_on_host(
+    host: docker.DockerClient,
+    images: Iterable[str],
+    phase: str,
+    hint: str,
+    donors: Sequence[docker.DockerClient] = (),
+) -> None:
+    """Make sure each image is in the host engine, once per host (file lock): copied from a
+    ``donor`` engine that has it (the engines of this machine, when the host engine is another
+    machine's), else pulled.
+
+    Raises a StartupError for ``phase`` naming every image that is neither present, nor held by a
+    donor, nor pullable, followed by ``hint`` (what to do instead).
     """
     missing: list[str] = []
     for image in images:
         with locked(state_root() / f"pull-{hashlib.sha256(image.encode()).hexdigest()[:16]}.lock"):
             if image_exists(host, image):
                 continue
+            donor = next((d for d in donors if image_exists(d, image)), None)
+            if donor is not None:
+                try:
+                    copy_between(donor, host, image)
+                    continue
+                except docker.errors.DockerException as exc:
+                    missing.append(f"{image} (copying it from {donor.api.base_url} failed: {exc})")
+                    continue
             reason = pull_with_progress(host, image)
             if reason is not None:
                 missing.append(f"{image} ({reason})")
     if missing:
+        where = " nor in an engine of this machine" if donors else ""
         raise StartupError(
             phase,
-            "not in the host engine and cannot be pulled: " + "; ".join(missing) + f". {hint}",
+            f"not in the host engine{where} and cannot be pulled: "
+            + "; ".join(missing)
+            + f". {hint}",
         )
 
 

@@ -156,6 +156,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             host = state.context.host_client()
         except DaemonUnavailable:
             return  # each test reports (or skips on) the unreachable engine itself
+        donors = state.context.image_donors()
         try:
             ensure_on_host(
                 host,
@@ -163,11 +164,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                 "preload",
                 "Build or load them into the host engine first (docker build / docker load), or "
                 "fix the names given to --docker-preload.",
+                donors,
             )
         except StartupError as exc:
             raise pytest.UsageError(f"{exc} (from {state.settings.sources['preload']})") from None
         finally:
             host.close()
+            for donor in donors:
+                donor.close()
 
 
 def _needs_worker_daemon(item: pytest.Item | None) -> bool:

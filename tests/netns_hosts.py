@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,15 +70,17 @@ def _run(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def netns_host(
-    base: Path, images: list[str], host_engine: docker.DockerClient
-) -> Iterator[NetnsHost]:
-    """A fresh test host with ``images`` copied from ``host_engine``; removed afterwards."""
+def netns_host(images: list[str], host_engine: docker.DockerClient) -> Iterator[NetnsHost]:
+    """A fresh test host with ``images`` copied from ``host_engine``; removed afterwards.
+
+    Its files live in a short directory under /tmp: containerd's socket path inside it must fit
+    the 108 bytes of a unix socket address.
+    """
     index = secrets.randbelow(200) + 20
     name = f"pid-test-{secrets.token_hex(3)}"
     outside, inside = f"10.231.{index}.1", f"10.231.{index}.2"
     veth = f"v{name[-6:]}"
-    directory = base / name
+    directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/tmp"))
     for sub in ("etc-docker", "data", "exec"):
         (directory / sub).mkdir(parents=True)
     _run("ip", "netns", "add", name)

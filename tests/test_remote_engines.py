@@ -19,13 +19,9 @@ DIND_IMAGE = "pytest-isolated-docker/dind:latest"
 
 
 @pytest.fixture(scope="module")
-def remote(
-    host_engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
-) -> collections.abc.Iterator[NetnsHost]:
+def remote(host_engine: docker.DockerClient) -> collections.abc.Iterator[NetnsHost]:
     """A machine with its own engine that has the dind image and debian:bookworm-slim."""
-    with netns_host(
-        tmp_path_factory.mktemp("hosts"), [DIND_IMAGE, "debian:bookworm-slim"], host_engine
-    ) as host:
+    with netns_host([DIND_IMAGE, "debian:bookworm-slim"], host_engine) as host:
         yield host
 
 
@@ -98,3 +94,29 @@ def test_an_ssh_engine_is_refused_with_the_reason(
     result = pytester.runpytest_subprocess("--docker-unavailable=skip", "-rs", timeout=120)
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*dind backend cannot use an ssh:// engine yet*"])
+
+
+def test_a_remote_engine_without_images_gets_them_from_this_machine(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    host_engine: docker.DockerClient,
+) -> None:
+    """No registry, and the remote engine has no image at all: the dind image and the preloaded
+    image are copied from this machine's engine, once, and the run passes."""
+    with netns_host([], host_engine) as bare:
+        monkeypatch.setenv("DOCKER_HOST", bare.url)
+        pytester.makepyfile(
+            "def test_remote(docker_client):\n"
+            "    assert docker_client.containers.run('debian:bookworm-slim', 'true', remove=True) "
+            "== b''\n"
+        )
+        result = pytester.runpytest_subprocess(
+            "-n", "2", "--docker-preload", "debian:bookworm-slim", timeout=300
+        )
+        result.assert_outcomes(passed=1)
+        result.stderr.fnmatch_lines(
+            ["pytest-isolated-docker: copying debian:bookworm-slim (* MB) from * into the host*"]
+        )
+        with contextlib.closing(bare.client()) as client:
+            assert client.images.get(DIND_IMAGE)
+            assert labelled(client, session_of(result.stdout.str())) == []

@@ -61,6 +61,22 @@ class BackendContext:
         it lives as long as some process of the session does, and no longer."""
         return claim_session(self.identity.session_id)
 
+    def image_donors(self, timeout: float = 600.0) -> list[docker.DockerClient]:
+        """Clients of the engines of this machine other than the host engine, that answer: they
+        may hold images a remote host engine lacks. The caller closes them."""
+        donors = []
+        for engine in engines.local_engines():
+            if engine.url == self.engine.url:
+                continue
+            client = engines.client(engine, timeout)
+            try:
+                client.ping()
+            except docker.errors.DockerException:
+                client.close()
+                continue
+            donors.append(client)
+        return donors
+
     @functools.cached_property
     def ca(self) -> CertificateAuthority:
         return CertificateAuthority.load_or_create(self.session_dir, self.identity.session_id)

@@ -321,13 +321,19 @@ class DindBackend(Backend):
         return backend
 
     def _ensure_image(self, host: docker.DockerClient, image: str) -> None:
-        ensure_on_host(
-            host,
-            [image],
-            "pull",
-            "Build an image offline with `pytest-isolated-docker build-image dind` and pass its "
-            "name to --docker-dind-image, or pick an image the host engine has.",
-        )
+        donors = self.context.image_donors() if self._remote else []
+        try:
+            ensure_on_host(
+                host,
+                [image],
+                "pull",
+                "Build an image offline with `pytest-isolated-docker build-image dind` and pass "
+                "its name to --docker-dind-image, or pick an image the host engine has.",
+                donors,
+            )
+        finally:
+            for donor in donors:
+                donor.close()
 
     def _create(self, host: docker.DockerClient, image: str, mode: dict[str, Any]) -> str:
         """Create the container with the low-level API: docker-py's models cannot express
