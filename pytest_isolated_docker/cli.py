@@ -71,38 +71,61 @@ def _build_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune_engines(args: argparse.Namespace) -> list[engines.Engine]:
+    """The engines to sweep: ``--engine`` values, else PYTEST_DOCKER_ENGINE, else the host engine
+    the docker CLI would use."""
+    specs = list(args.engine or ())
+    if not specs:
+        specs = list(settings_from_environment(os.environ).engine)
+    return [engines.named(spec) for spec in specs] or [engines.resolve()]
+
+
 def _prune(args: argparse.Namespace) -> int:
-    try:
-        client: docker.DockerClient | None = engines.client(engines.resolve(), timeout=60)
-        assert client is not None
-        client.ping()
-    except (docker.errors.DockerException, engines.EngineNotFound) as exc:
-        print(f"warning: host engine unreachable, only files are swept ({exc})", file=sys.stderr)
-        client = None
     verb = "would remove" if args.dry_run else "removed"
-    if args.session:
-        directory = sessions_root() / args.session
-        if directory.is_dir() and session_alive(directory):
+    try:
+        pool = _prune_engines(args)
+    except (engines.EngineNotFound, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    removed: list[str] = []
+    unproven: list[str] = []
+    for engine in pool:
+        client: docker.DockerClient | None = engines.client(engine, timeout=60)
+        try:
+            assert client is not None
+            client.ping()
+        except docker.errors.DockerException as exc:
             print(
-                f"error: session {args.session} is alive: a process on this machine holds "
-                f"{directory}. Stop that pytest run first.",
+                f"warning: engine {engine.describe()} unreachable, only files are swept ({exc})",
                 file=sys.stderr,
             )
-            return 1
-        dead = DeadSession(args.session, directory if directory.is_dir() else None, client)
-        removed = reap(dead, dry_run=args.dry_run)
-    else:
-        removed = sweep(client, dry_run=args.dry_run)
+            client = None
+        if args.session:
+            directory = sessions_root() / args.session
+            if directory.is_dir() and session_alive(directory):
+                print(
+                    f"error: session {args.session} is alive: a process on this machine holds "
+                    f"{directory}. Stop that pytest run first.",
+                    file=sys.stderr,
+                )
+                return 1
+            dead = DeadSession(args.session, directory if directory.is_dir() else None, client)
+            removed += reap(dead, dry_run=args.dry_run)
+        else:
+            removed += sweep(client, dry_run=args.dry_run)
+            if client is not None:
+                unproven += unproven_sessions(client)
+        if client is not None:
+            client.close()
     for item in removed:
         print(f"{verb}: {item}")
     print(f"{len(removed)} item(s) {verb} (sessions proven dead)")
-    if client is not None and not args.session:
-        for session in unproven_sessions(client):
-            print(
-                f"kept: session {session}: its objects come from another container or machine "
-                "and no heartbeat proves it dead; if you know it is, `pytest-isolated-docker "
-                f"prune --session {session}` removes them"
-            )
+    for session in dict.fromkeys(unproven):
+        print(
+            f"kept: session {session}: its objects come from another container or machine "
+            "and no heartbeat proves it dead; if you know it is, `pytest-isolated-docker "
+            f"prune --session {session}` removes them"
+        )
     return 0
 
 
@@ -132,6 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "prune", help="Remove what dead test sessions left: labelled objects, VMs, files."
     )
     prune.add_argument("--dry-run", action="store_true", help="list, do not remove")
+    prune.add_argument(
+        "--engine",
+        action="append",
+        metavar="URL_OR_CONTEXT",
+        help="sweep this engine (repeatable; default: PYTEST_DOCKER_ENGINE, else the host engine)",
+    )
     prune.add_argument(
         "--session",
         metavar="ID",

@@ -104,6 +104,13 @@ def resolve(environ: Mapping[str, str] | None = None) -> Engine:
     return Engine(f"unix://{DEFAULT_SOCKET}", "the default socket")
 
 
+def named(spec: str) -> Engine:
+    """The engine of a ``--docker-engine`` value: a URL as it is, else a Docker context."""
+    if "://" in spec:
+        return Engine(spec, "--docker-engine")
+    return _from_context(spec, "--docker-engine")
+
+
 def local_engines(environ: Mapping[str, str] | None = None) -> list[Engine]:
     """The engines whose sockets are on this machine (the system's, rootless Docker's)."""
     env = os.environ if environ is None else environ
@@ -121,4 +128,12 @@ def client(engine: Engine, timeout: float = 60.0) -> docker.DockerClient:
     return docker.from_env(timeout=int(timeout), environment=engine.environment())
 
 
-__all__ = ["DEFAULT_SOCKET", "Engine", "EngineNotFound", "client", "local_engines", "resolve"]
+__all__ = [
+    "DEFAULT_SOCKET",
+    "Engine",
+    "EngineNotFound",
+    "client",
+    "local_engines",
+    "named",
+    "resolve",
+]

@@ -15,6 +15,7 @@ import pytest
 
 from . import fixtures, pullcache
 from .backends import backend_class
+from .engines import EngineNotFound
 from .errors import DaemonUnavailable, StartupError
 from .images import ensure_on_host
 from .labels import Identity, new_session_id
@@ -73,7 +74,10 @@ def pytest_configure(config: pytest.Config) -> None:
         identity = Identity(session_id, os.environ.get("PYTEST_XDIST_WORKER", "gw"))
     else:
         identity, owner_pid, mirror = Identity(new_session_id()), os.getpid(), None
-    state = DockerSession(config, settings, identity, owner_pid)
+    try:
+        state = DockerSession(config, settings, identity, owner_pid)
+    except EngineNotFound as exc:
+        raise pytest.UsageError(f"{exc} (from {settings.sources['engine']})") from None
     config.stash[session_key] = state
     if mirror:
         state.add_mirror(mirror)
@@ -116,11 +120,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"reset={settings.reset} session={session.identity.session_id}"
     )
     lines = [line]
-    engine = session.context.engine
-    lines.append(
-        "isolated-docker: host engine "
-        + (engine.describe() if engine.url else f"not found: {engine.found_by}")
-    )
+    if session.pool.is_pool:
+        urls = ", ".join(engine.url for engine in session.pool.engines)
+        lines.append(f"isolated-docker: engines {urls} (--docker-engine: least loaded first)")
+    else:
+        engine = session.pool.engines[0]
+        lines.append(
+            "isolated-docker: host engine "
+            + (engine.describe() if engine.url else f"not found: {engine.found_by}")
+        )
     if settings.preload:
         lines.append(f"isolated-docker: preloading {', '.join(settings.preload)}")
     if settings.registry_mirror:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import re
 import select
@@ -30,7 +31,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -223,39 +224,50 @@ def _remove_labelled(client: docker.DockerClient | None, labels: list[str]) -> l
 
 
 def end_session(
-    session_id: str, directory: Path, environment: Mapping[str, str] | None = None
+    session_id: str, directory: Path, environments: Sequence[Mapping[str, str]]
 ) -> list[str]:
-    """What the session's owner does last: remove whatever the session's processes left (they
-    have all ended) and its directory. ``environment`` says how to reach the host engine."""
-    client = _engine(environment)
-    try:
-        return reap(DeadSession(session_id, directory, client))
-    finally:
-        if client is not None:
-            client.close()
+    """What the session's owner does last: remove whatever the session's processes left on each
+    engine (they have all ended) and its directory. ``environments`` name the engines."""
+    removed: list[str] = []
+    for environment in environments:
+        client = _engine(environment)
+        try:
+            dead = DeadSession(session_id, directory if directory.exists() else None, client)
+            removed += reap(dead)
+        finally:
+            if client is not None:
+                client.close()
+    return removed
 
 
-def reap_process(session_id: str, pid: int, environment: Mapping[str, str] | None) -> list[str]:
-    """What the watchdog does when process ``pid`` is gone: remove what it made, then, once no
-    process of the session is left (or after a bounded wait), what the session left."""
-    client = _engine(environment)
+def reap_process(session_id: str, pid: int, environments: Sequence[Mapping[str, str]]) -> list[str]:
+    """What the watchdog does when process ``pid`` is gone: remove what it made on each engine,
+    then, once no process of the session is left (or after a bounded wait), what the session
+    left."""
+    clients = [client for env in environments if (client := _engine(env)) is not None]
     try:
-        removed = _remove_labelled(client, [f"{SESSION}={session_id}", f"{PID}={pid}"])
+        removed: list[str] = []
+        for client in clients:
+            removed += _remove_labelled(client, [f"{SESSION}={session_id}", f"{PID}={pid}"])
         directory = sessions_root() / session_id
         deadline = time.monotonic() + SESSION_END_WAIT
         while directory.is_dir() and session_alive(directory):
             if time.monotonic() > deadline:
                 return removed  # the session goes on; its owner (or a later sweep) finishes it
             time.sleep(0.2)
-        return removed + reap(
-            DeadSession(session_id, directory if directory.is_dir() else None, client)
-        )
+        for client in clients or [None]:
+            path = directory if directory.is_dir() else None
+            removed += reap(DeadSession(session_id, path, client))
+        return removed
     finally:
-        if client is not None:
+        for client in clients:
             client.close()
 
 
 # ---- the watchdog ---------------------------------------------------------------------------
+
+
+ENGINES_VARIABLE = "PYTEST_ISOLATED_DOCKER_WATCHED_ENGINES"
 
 
 class Watchdog:
@@ -266,8 +278,8 @@ class Watchdog:
         self._pipe = pipe
 
     @classmethod
-    def start(cls, identity: Identity, environment: Mapping[str, str]) -> Watchdog:
-        """Watch this process; ``environment`` says how the watchdog reaches the host engine."""
+    def start(cls, identity: Identity, environments: Sequence[Mapping[str, str]]) -> Watchdog:
+        """Watch this process; ``environments`` name the engines it may put objects on."""
         read_end, write_end = os.pipe()
         args = [
             sys.executable,
@@ -288,14 +300,14 @@ class Watchdog:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
-            env={**os.environ, **environment},
+            env={**os.environ, ENGINES_VARIABLE: json.dumps([dict(e) for e in environments])},
         )
         os.close(read_end)
         os.set_inheritable(write_end, False)
         return cls(process, os.fdopen(write_end, "wb", buffering=0))
 
     def dismiss(self) -> None:
-        """Normal end: everything was cleaned up in-process; the watchdog removes its heartbeat
+        """Normal end: everything was cleaned up in-process; the watchdog removes its heartbeats
         and exits."""
         try:
             self._pipe.write(b"done")
@@ -308,16 +320,19 @@ class Watchdog:
             self._process.kill()
 
 
-def _watch(identity: Identity) -> int:
+def _watch(identity: Identity, environments: list[dict[str, str]]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    client = _engine(None)
+    clients: list[docker.DockerClient] = []
     received = b""
     next_beat = 0.0
     while True:
-        if client is not None and time.monotonic() >= next_beat:
-            with contextlib.suppress(docker.errors.DockerException, OSError):
-                beat(client, identity)
+        if time.monotonic() >= next_beat:
+            if not clients:  # engines that did not answer yet may answer now
+                clients = [c for env in environments if (c := _engine(env)) is not None]
+            for client in clients:
+                with contextlib.suppress(docker.errors.DockerException, OSError):
+                    beat(client, identity)
             next_beat = time.monotonic() + HEARTBEAT_INTERVAL
         ready, _, _ = select.select([0], [], [], max(0.0, next_beat - time.monotonic()))
         if not ready:
@@ -328,11 +343,12 @@ def _watch(identity: Identity) -> int:
         received += chunk
     if received == b"done":
         labels = [f"{SESSION}={identity.session_id}", f"{PID}={identity.pid}"]
-        _remove_labelled(client, [*labels, f"{ROLE}={HEARTBEAT_ROLE}"])
+        for client in clients:
+            _remove_labelled(client, [*labels, f"{ROLE}={HEARTBEAT_ROLE}"])
         return 0
-    if client is not None:
+    for client in clients:
         client.close()
-    reap_process(identity.session_id, identity.pid, None)
+    reap_process(identity.session_id, identity.pid, environments)
     return 0
 
 
@@ -344,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     watch.add_argument("--worker", required=True)
     watch.add_argument("--pid", type=int, required=True)
     args = parser.parse_args(argv)
-    return _watch(Identity(args.session, args.worker, args.pid))
+    environments = json.loads(os.environ.get(ENGINES_VARIABLE, "[]")) or [dict(os.environ)]
+    return _watch(Identity(args.session, args.worker, args.pid), environments)
 
 
 if __name__ == "__main__":

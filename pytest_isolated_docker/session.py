@@ -18,12 +18,13 @@ import docker
 import pytest
 
 from . import pullcache, reaper
-from .backends import BackendContext, backend_class
+from .backends import Backend, BackendContext, backend_class
 from .coordination import release_session
 from .daemon import Baseline, DockerDaemon
 from .errors import DaemonUnavailable, IsolatedDockerError
 from .labels import Identity
 from .lifecycle import start_daemon
+from .placement import Placement, Pool
 from .settings import Settings, SettingsError, override
 from .sharing import SharedBackend
 
@@ -48,6 +49,9 @@ class DockerSession:
         self.identity = identity
         self.settings = settings
         self.context = BackendContext(settings, identity)
+        #: Raises EngineNotFound for a --docker-engine context that does not exist.
+        self.pool = Pool.of(settings.engine, self.context.engine)
+        self._placements: dict[int, Placement] = {}
         self.holds_pull_cache = False
         self.pull_cache_url: str | None = None
         self._lock = threading.Lock()
@@ -87,23 +91,24 @@ class DockerSession:
             self.claim()
             # Tells the session's owner, at its end, that the host engine may hold leftovers.
             (self.context.session_dir / ENGINE_USED).touch()
-            self._watchdog = reaper.Watchdog.start(self.identity, self.context.host_environment)
+            self._watchdog = reaper.Watchdog.start(self.identity, self.pool.environments())
             threading.Thread(
                 target=self._sweep_stale, name="pytest-isolated-docker-sweep", daemon=True
             ).start()
 
     def _sweep_stale(self) -> None:
-        try:
-            client = self.context.host_client(timeout=30)
-        except DaemonUnavailable:
-            client = None
-        try:
-            reaper.sweep(client)
-        except (docker.errors.DockerException, OSError, IsolatedDockerError):
-            pass  # best effort; `pytest-isolated-docker prune` reports what it cannot remove
-        finally:
-            if client is not None:
-                client.close()
+        for engine in self.pool.engines:
+            try:
+                client = dataclasses.replace(self.context, engine=engine).host_client(timeout=30)
+            except DaemonUnavailable:
+                client = None
+            try:
+                reaper.sweep(client)
+            except (docker.errors.DockerException, OSError, IsolatedDockerError):
+                pass  # best effort; `pytest-isolated-docker prune` reports what it cannot remove
+            finally:
+                if client is not None:
+                    client.close()
 
     # ---- the worker's daemon ----------------------------------------------------------------
 
@@ -120,9 +125,21 @@ class DockerSession:
     def _start_worker_daemon(self) -> DockerDaemon:
         cls = backend_class(self.settings.backend)
         if self.settings.scope == "session":
-            context = self.shared_context
+            # One daemon for every worker: on the pool's first engine.
+            context = dataclasses.replace(self.shared_context, engine=self.pool.engines[0])
             return start_daemon(context, SharedBackend(context, cls))
-        return start_daemon(self.context, cls)
+        return self._placed(self.context, cls)
+
+    def _placed(self, context: BackendContext, cls: type[Backend]) -> DockerDaemon:
+        """Start a daemon of ``cls`` on the least loaded engine of the pool."""
+        placement = self.pool.place()
+        try:
+            daemon = start_daemon(dataclasses.replace(context, engine=placement.engine), cls)
+        except BaseException:
+            placement.release()
+            raise
+        self._placements[id(daemon)] = placement
+        return daemon
 
     def worker_daemon(self) -> DockerDaemon:
         """The worker's daemon, started now unless it is already starting."""
@@ -152,12 +169,15 @@ class DockerSession:
         """A new daemon of its own with ``settings`` (the caller stops it with :meth:`record`)."""
         self.guard()
         context = dataclasses.replace(self.context, settings=settings)
-        return start_daemon(context, backend_class(settings.backend))
+        return self._placed(context, backend_class(settings.backend))
 
     def record(self, daemon: DockerDaemon, label: str) -> None:
         """Stop ``daemon`` and keep its facts for the terminal summary."""
         facts = daemon.describe()
         leftovers = daemon.stop()
+        placement = self._placements.pop(id(daemon), None)
+        if placement is not None:
+            placement.release()
         facts.update(
             worker=self.identity.worker,
             label=label,
@@ -207,9 +227,7 @@ class DockerSession:
             self.session_leftovers = [
                 item
                 for item in reaper.end_session(
-                    self.identity.session_id,
-                    self.context.session_dir,
-                    self.context.host_environment,
+                    self.identity.session_id, self.context.session_dir, self.pool.environments()
                 )
                 if not item.startswith("session directory ")
             ]

@@ -96,6 +96,19 @@ def _parse_storage(raw: str, source: Source) -> str:
     )
 
 
+def _parse_engine(raw: str, source: Source) -> str:
+    value = raw.strip()
+    scheme, sep, rest = value.partition("://")
+    if sep and (scheme not in ("tcp", "unix", "ssh", "http", "https") or not rest):
+        raise SettingsError(
+            f"{raw!r} is not a valid engine for {source}. Give a URL (tcp://HOST:PORT, "
+            "unix:///PATH, ssh://USER@HOST) or the name of a Docker context."
+        )
+    if not value:
+        raise SettingsError(f"an empty engine was given in {source}.")
+    return value
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """One setting, declared once for its flag, environment variable and ini key."""
@@ -263,6 +276,17 @@ OPTIONS: tuple[OptionSpec, ...] = (
         _parse_text,
         metavar="URL",
     ),
+    OptionSpec(
+        "engine",
+        "A host engine of the pool the daemons are spread over (repeatable; comma-separated in "
+        "the environment): a URL (tcp://HOST:PORT, unix://PATH) or a Docker context's name. "
+        "Each daemon goes to the least loaded engine. Default: the one engine the docker CLI "
+        "would use (DOCKER_HOST, DOCKER_CONTEXT, the current context, the default socket).",
+        (),
+        _parse_engine,
+        is_list=True,
+        metavar="URL_OR_CONTEXT",
+    ),
 )
 
 OPTIONS_BY_NAME = {spec.name: spec for spec in OPTIONS}
@@ -289,6 +313,7 @@ class Settings:
     registry_mirror: tuple[str, ...] = ()
     pull_through_cache: bool = False
     pull_through_upstream: str = "https://registry-1.docker.io"
+    engine: tuple[str, ...] = ()
     sources: Mapping[str, Source] = dataclasses.field(default_factory=dict, compare=False)
 
     def replace(self, **changes: Any) -> Settings:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import subprocess
 import time
 from pathlib import Path
 
 import docker
 import pytest
 
-from .conftest import labelled, session_of
+from .conftest import labelled, session_of, spawn_pytest
 from .netns_hosts import NetnsHost, available, netns_host
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
@@ -120,3 +121,96 @@ def test_a_remote_engine_without_images_gets_them_from_this_machine(
         with contextlib.closing(bare.client()) as client:
             assert client.images.get(DIND_IMAGE)
             assert labelled(client, session_of(result.stdout.str())) == []
+
+
+@pytest.fixture(scope="module")
+def second_remote(host_engine: docker.DockerClient) -> collections.abc.Iterator[NetnsHost]:
+    with netns_host([DIND_IMAGE, "debian:bookworm-slim"], host_engine) as host:
+        yield host
+
+
+POOL_TESTS = """
+import pytest
+
+@pytest.mark.parametrize("i", range(8))
+def test_on_the_pool(docker_client, i):
+    assert docker_client.containers.run("debian:bookworm-slim", "true", remove=True) == b""
+"""
+
+
+def test_a_pool_of_two_engines_gets_two_daemons_each_and_is_cleaned(
+    pytester: pytest.Pytester, remote: NetnsHost, second_remote: NetnsHost
+) -> None:
+    pytester.makepyfile(POOL_TESTS)
+    engines = ["--docker-engine", remote.url, "--docker-engine", second_remote.url]
+    result = pytester.runpytest_subprocess(
+        "-n", "4", *engines, "--docker-preload", "debian:bookworm-slim", timeout=600
+    )
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(
+        [f"isolated-docker: engines {remote.url}, {second_remote.url} (--docker-engine*"]
+    )
+    text = result.stdout.str()
+    for host in (remote, second_remote):
+        assert text.count(f" at tcp://{host.address}:") == 2, text
+        with contextlib.closing(host.client()) as client:
+            assert labelled(client, session_of(text)) == []
+
+
+def test_kill_9_of_a_pool_run_leaves_nothing_on_any_engine(
+    pytester: pytest.Pytester, remote: NetnsHost, second_remote: NetnsHost
+) -> None:
+    pytester.makepyfile(
+        "import pathlib, time\n"
+        "def test_slow(docker_client, worker_id):\n"
+        "    pathlib.Path(f'started-{worker_id}').touch()\n"
+        "    time.sleep(300)\n"
+        "def test_slow_too(docker_client, worker_id):\n"
+        "    pathlib.Path(f'started-{worker_id}').touch()\n"
+        "    time.sleep(300)\n"
+    )
+    process = spawn_pytest(
+        pytester.path, "-n", "2", "--docker-engine", remote.url,
+        "--docker-engine", second_remote.url,
+    )  # fmt: skip
+    try:
+        session = _header_session(process)
+        deadline = time.monotonic() + 120
+        while len(list(pytester.path.glob("started-*"))) < 2:
+            assert time.monotonic() < deadline, "the tests did not start"
+            time.sleep(0.2)
+        for host in (remote, second_remote):
+            with contextlib.closing(host.client()) as client:
+                assert labelled(client, session), f"nothing of the run on {host.url}"
+    finally:
+        process.kill()
+        process.communicate()
+    deadline = time.monotonic() + 15
+    for host in (remote, second_remote):
+        with contextlib.closing(host.client()) as client:
+            while labelled(client, session):
+                assert time.monotonic() < deadline, labelled(client, session)
+                time.sleep(0.2)
+
+
+def _header_session(process: subprocess.Popen[bytes]) -> str:
+    assert process.stdout is not None
+    for _, raw in zip(range(10), process.stdout, strict=False):
+        line = raw.decode()
+        if line.startswith("isolated-docker: backend="):
+            return line.rsplit("session=", 1)[1].strip()
+    raise AssertionError("pytest printed no isolated-docker header")
+
+
+def test_a_pool_engine_where_nothing_listens_is_named_within_seconds(
+    pytester: pytest.Pytester, remote: NetnsHost
+) -> None:
+    dead = f"tcp://{remote.address}:2399"
+    pytester.makepyfile("def test_one(docker_client):\n    pass\n")
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess(
+        "--docker-engine", dead, "--docker-engine", remote.url, timeout=120
+    )
+    assert time.monotonic() - started < 15
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*engine at {dead} (found by --docker-engine) does not answer*"])

@@ -174,7 +174,18 @@ PRECEDENCE: dict[str, tuple[tuple[Any, Any], tuple[str, Any], tuple[Any, Any]]] 
         ("https://e", "https://e"),
         ("https://i", "https://i"),
     ),
+    "engine": (
+        (["tcp://f:2375", "ctx"], ("tcp://f:2375", "ctx")),
+        ("ssh://e,unix:///e.sock", ("ssh://e", "unix:///e.sock")),
+        (["i"], ("i",)),
+    ),
 }
+
+
+@pytest.mark.parametrize("value", ["ftp://x", "tcp://", " "])
+def test_a_bad_engine_names_the_option_and_the_forms(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"--docker-engine"):
+        resolve({"engine": [value]}, {}, {})
 
 
 def test_precedence_table_covers_every_option() -> None:
