@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -232,6 +234,16 @@ class Lease:
         """
         holder.release()
         return self.holders() == 0
+
+
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the child gets SIGKILL when the thread that started it dies, so a
+    helper process (a VM, an SSH tunnel) cannot outlive a killed pytest even before the crash
+    watchdog runs. Linux only; elsewhere the watchdog alone stops it."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass(frozen=True)

@@ -123,9 +123,17 @@ def local_engines(environ: Mapping[str, str] | None = None) -> list[Engine]:
     return found
 
 
+def from_environment(environment: Mapping[str, str], timeout: float = 60.0) -> docker.DockerClient:
+    """A docker-py client of the engine ``environment`` names (``DOCKER_HOST`` and its TLS
+    variables). An ``ssh://`` engine is reached through the ``ssh`` command, as the docker CLI
+    reaches it: with the user's SSH configuration, agent and known hosts."""
+    ssh = environment.get("DOCKER_HOST", "").startswith("ssh://")
+    return docker.from_env(timeout=int(timeout), environment=dict(environment), use_ssh_client=ssh)
+
+
 def client(engine: Engine, timeout: float = 60.0) -> docker.DockerClient:
-    """A docker-py client of ``engine`` (not contacted yet)."""
-    return docker.from_env(timeout=int(timeout), environment=engine.environment())
+    """A docker-py client of ``engine`` (contacted only for its API version)."""
+    return from_environment(engine.environment(), timeout)
 
 
 __all__ = [
@@ -133,6 +141,7 @@ __all__ = [
     "Engine",
     "EngineNotFound",
     "client",
+    "from_environment",
     "local_engines",
     "named",
     "resolve",

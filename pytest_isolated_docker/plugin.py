@@ -15,6 +15,7 @@ import pytest
 
 from . import fixtures, pullcache
 from .backends import backend_class
+from .backends.base import PRELOAD_HINT
 from .engines import EngineNotFound
 from .errors import DaemonUnavailable, StartupError
 from .images import ensure_on_host
@@ -158,8 +159,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             ) from None
         state.holds_pull_cache = True
         state.add_mirror(state.pull_cache_url)
-    if state.settings.preload:
+    if state.settings.preload and not state.pool.is_pool:
         # Once per run, before any test: a missing image is a configuration error, not N failures.
+        # (The engines of a pool get what they lack as each daemon starts.)
         try:
             host = state.context.host_client()
         except DaemonUnavailable:
@@ -170,8 +172,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                 host,
                 state.settings.preload,
                 "preload",
-                "Build or load them into the host engine first (docker build / docker load), or "
-                "fix the names given to --docker-preload.",
+                PRELOAD_HINT,
                 donors,
             )
         except StartupError as exc:

@@ -16,11 +16,9 @@ registry's data in the cache directory.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import ipaddress
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +36,7 @@ from .coordination import (
     write_json,
 )
 from .errors import StartupError
+from .net import answers, free_port
 
 REGISTRY_BINARY = "docker-registry"
 _START_TIMEOUT = 30.0
@@ -84,18 +83,6 @@ def _bridge_gateway(host: docker.DockerClient) -> str:
     raise StartupError("pull-through-cache", "the host engine's bridge network has no IPv4 subnet")
 
 
-def _free_port(address: str) -> int:
-    with contextlib.closing(socket.socket()) as probe:
-        probe.bind((address, 0))
-        return int(probe.getsockname()[1])
-
-
-def _answers(address: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.5):
-        return True
-    return False
-
-
 def _config(storage: Path, address: str, port: int, upstream: str) -> str:
     return (
         "version: 0.1\n"
@@ -139,7 +126,7 @@ def acquire(host: docker.DockerClient, upstream: str) -> str:
 
 
 def _start(binary: str, root: Path, address: str, upstream: str) -> dict[str, object]:
-    port = _free_port(address)
+    port = free_port(address)
     config = root / "config.yml"
     config.write_text(_config(root / "data", address, port, upstream))
     log_file = root / "registry.log"
@@ -154,7 +141,7 @@ def _start(binary: str, root: Path, address: str, upstream: str) -> dict[str, ob
             start_new_session=True,  # outlives one session: it serves the host's later sessions
         )  # fmt: skip
     deadline = time.monotonic() + _START_TIMEOUT
-    while not (_answers(address, port) and is_held(_alive_file())):
+    while not (answers(address, port) and is_held(_alive_file())):
         if supervisor.poll() is not None or time.monotonic() > deadline:
             supervisor.kill()
             supervisor.wait()

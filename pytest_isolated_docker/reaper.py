@@ -39,6 +39,7 @@ from typing import IO
 import docker
 import docker.errors
 
+from . import engines
 from .backends import DeadSession, ReapIncomplete, all_backends, describe_objects, list_objects
 from .coordination import dead_session_dirs, session_alive, sessions_root
 from .daemon import remove_objects
@@ -199,7 +200,7 @@ def unproven_sessions(client: docker.DockerClient) -> list[str]:
 def _engine(environment: Mapping[str, str] | None) -> docker.DockerClient | None:
     """A client of the host engine if it answers now, else None."""
     try:
-        client = docker.from_env(timeout=30, environment=dict(environment or os.environ))
+        client = engines.from_environment(environment or os.environ, timeout=30)
     except docker.errors.DockerException:
         return None
     try:

@@ -24,13 +24,43 @@ from pathlib import Path
 
 import docker
 
+# Runs in a mount namespace of its own: /etc/docker is the host's own, and for SSH sessions the
+# machine's engine is at /var/run/docker.sock (where `docker system dial-stdio` looks for it).
 DOCKERD = """
 set -eu
 mount --bind "$HOST_DIR/etc-docker" /etc/docker
-exec nsenter --net=/var/run/netns/"$NETNS" dockerd \
+nsenter --net=/var/run/netns/"$NETNS" dockerd \
     --data-root "$HOST_DIR/data" --exec-root "$HOST_DIR/exec" --pidfile "$HOST_DIR/dockerd.pid" \
     --cgroup-parent "$NETNS" --host "unix://$HOST_DIR/docker.sock" \
-    --host "tcp://$ADDRESS:2375" --tls=false
+    --host "tcp://$ADDRESS:2375" --tls=false &
+if [ -n "$SSHD_CONFIG" ]; then
+    i=0
+    while [ ! -S "$HOST_DIR/docker.sock" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
+    mount --bind "$HOST_DIR/docker.sock" /var/run/docker.sock
+    mkdir -p /run/sshd
+    nsenter --net=/var/run/netns/"$NETNS" /usr/sbin/sshd -D -e -f "$SSHD_CONFIG" &
+fi
+wait
+"""
+
+SSHD_CONFIG = """
+ListenAddress {address}
+HostKey {directory}/ssh_host_key
+PidFile {directory}/sshd.pid
+AuthorizedKeysFile {directory}/authorized_keys
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+PermitRootLogin prohibit-password
+"""
+
+SSH_CONFIG = """
+Host *
+    IdentityFile {directory}/client_key
+    IdentitiesOnly yes
+    StrictHostKeyChecking no
+    UserKnownHostsFile /dev/null
+    LogLevel ERROR
 """
 
 
@@ -42,10 +72,22 @@ class NetnsHost:
     address: str
     directory: Path
     process: subprocess.Popen[bytes]
+    ssh: bool = False
 
     @property
     def url(self) -> str:
         return f"tcp://{self.address}:2375"
+
+    @property
+    def ssh_url(self) -> str:
+        """The engine through SSH (with ``ssh_path`` first on PATH, so that ``ssh`` knows the
+        key and accepts this host without changing the user's own SSH files)."""
+        assert self.ssh, "made without ssh=True"
+        return f"ssh://root@{self.address}"
+
+    @property
+    def ssh_path(self) -> str:
+        return str(self.directory / "bin")
 
     def client(self, timeout: int = 120) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.url, timeout=timeout)
@@ -69,8 +111,25 @@ def _run(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
 
+def _prepare_ssh(directory: Path, address: str) -> Path:
+    """Keys, sshd's configuration and an ``ssh`` wrapper using a configuration of its own."""
+    for key in ("ssh_host_key", "client_key"):
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / key))
+    (directory / "authorized_keys").write_text((directory / "client_key.pub").read_text())
+    (directory / "ssh_config").write_text(SSH_CONFIG.format(directory=directory))
+    (directory / "bin").mkdir()
+    wrapper = directory / "bin" / "ssh"
+    wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {directory}/ssh_config "$@"\n')
+    wrapper.chmod(0o755)
+    config = directory / "sshd_config"
+    config.write_text(SSHD_CONFIG.format(address=address, directory=directory))
+    return config
+
+
 @contextlib.contextmanager
-def netns_host(images: list[str], host_engine: docker.DockerClient) -> Iterator[NetnsHost]:
+def netns_host(
+    images: list[str], host_engine: docker.DockerClient, ssh: bool = False
+) -> Iterator[NetnsHost]:
     """A fresh test host with ``images`` copied from ``host_engine``; removed afterwards.
 
     Its files live in a short directory under /tmp: containerd's socket path inside it must fit
@@ -96,15 +155,17 @@ def netns_host(images: list[str], host_engine: docker.DockerClient) -> Iterator[
             ["ip", "route", "add", "default", "via", outside],
         ):
             _run("nsenter", f"--net=/var/run/netns/{name}", *command)
+        sshd_config = str(_prepare_ssh(directory, inside)) if ssh else ""
+        env = {"HOST_DIR": str(directory), "NETNS": name, "ADDRESS": inside}
         with (directory / "dockerd.log").open("wb") as log:
             process = subprocess.Popen(
                 ["unshare", "--mount", "--propagation", "private", "sh", "-c", DOCKERD],
-                env={**os.environ, "HOST_DIR": str(directory), "NETNS": name, "ADDRESS": inside},
+                env={**os.environ, **env, "SSHD_CONFIG": str(sshd_config)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        host = NetnsHost(name, inside, directory, process)
+        host = NetnsHost(name, inside, directory, process, ssh)
         deadline = time.monotonic() + 60
         while True:
             with contextlib.suppress(docker.errors.DockerException):
@@ -119,10 +180,12 @@ def netns_host(images: list[str], host_engine: docker.DockerClient) -> Iterator[
         client.close()
         yield host
     finally:
+        for pidfile in ("sshd.pid", "dockerd.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int((directory / pidfile).read_text().strip()), signal.SIGTERM)
         if process is not None:
-            process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

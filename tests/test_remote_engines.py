@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import os
 import subprocess
 import time
-from pathlib import Path
 
 import docker
 import pytest
@@ -85,16 +85,6 @@ def test_an_engine_where_nothing_listens_fails_within_seconds(
     result.stdout.fnmatch_lines(
         [f"*host's Docker engine at {url} (found by DOCKER_HOST) does not*"]
     )
-
-
-def test_an_ssh_engine_is_refused_with_the_reason(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("DOCKER_HOST", "ssh://root@10.231.250.2")
-    pytester.makepyfile("def test_one(docker_client):\n    pass\n")
-    result = pytester.runpytest_subprocess("--docker-unavailable=skip", "-rs", timeout=120)
-    result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*dind backend cannot use an ssh:// engine yet*"])
 
 
 def test_a_remote_engine_without_images_gets_them_from_this_machine(
@@ -214,3 +204,52 @@ def test_a_pool_engine_where_nothing_listens_is_named_within_seconds(
     assert time.monotonic() - started < 15
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*engine at {dead} (found by --docker-engine) does not answer*"])
+
+
+def _dind_starts(client: docker.DockerClient, session: str, since: float) -> int:
+    """Dind containers the session started on ``client``'s engine (a privileged attempt the
+    engine refuses is created, not started)."""
+    events = client.events(
+        since=int(since),
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={
+            "type": "container",
+            "event": "start",
+            "label": [
+                f"pytest-isolated-docker.session={session}",
+                "pytest-isolated-docker.role=dind",
+            ],
+        },
+    )
+    return sum(1 for _ in events)
+
+
+def test_a_pool_of_a_tcp_and_an_ssh_engine_without_images(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, host_engine: docker.DockerClient
+) -> None:
+    """Neither engine has an image and no registry is reachable: both get them from this machine;
+    the SSH engine's daemons are reached through SSH tunnels; two daemons on each engine."""
+    with (
+        netns_host([], host_engine) as tcp_host,
+        netns_host([], host_engine, ssh=True) as ssh_host,
+    ):
+        monkeypatch.setenv("PATH", f"{ssh_host.ssh_path}:{os.environ['PATH']}")
+        pytester.makepyfile(POOL_TESTS)
+        since = time.time() - 1
+        result = pytester.runpytest_subprocess(
+            "-n", "4", "--docker-engine", tcp_host.url, "--docker-engine", ssh_host.ssh_url,
+            "--docker-preload", "debian:bookworm-slim", timeout=900,
+        )  # fmt: skip
+        result.assert_outcomes(passed=8)
+        session = session_of(result.stdout.str())
+        counts = {}
+        for host in (tcp_host, ssh_host):
+            with contextlib.closing(host.client()) as client:
+                counts[host.url] = _dind_starts(client, session, since)
+                assert labelled(client, session) == []
+        assert counts == {tcp_host.url: 2, ssh_host.url: 2}, result.stdout.str()
+        tunnels = subprocess.run(
+            ["pgrep", "-f", f"ssh -N .* {ssh_host.address}"], capture_output=True, text=True
+        )
+        assert tunnels.stdout == "", "an SSH tunnel outlived its daemon"

@@ -23,7 +23,7 @@ from ..coordination import claim_session
 from ..daemon import Endpoint, remove_objects
 from ..engines import Engine
 from ..errors import DaemonUnavailable
-from ..images import preload
+from ..images import ensure_on_host, image_exists, preload
 from ..labels import DAEMON, ROLE, SESSION, Identity
 from ..settings import Settings
 from ..tls import CertificateAuthority, ClientTLS
@@ -36,6 +36,12 @@ def engine_now() -> Engine:
         return engines.resolve()
     except engines.EngineNotFound as exc:
         return Engine("", str(exc))
+
+
+PRELOAD_HINT = (
+    "Build or load them into the host engine first (docker build / docker load), or fix the "
+    "names given to --docker-preload."
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,12 @@ class BackendContext:
             client = engines.client(self.engine, timeout)
             client.ping()
         except docker.errors.DockerException as exc:
+            if "paramiko" in str(exc):
+                raise DaemonUnavailable(
+                    f"the engine {self.engine.describe()} is an ssh:// engine, which docker-py "
+                    "reaches only with paramiko installed: pip install "
+                    "'pytest-isolated-docker[ssh]'"
+                ) from exc
             raise DaemonUnavailable(
                 f"the host's Docker engine at {self.engine.describe()} does not answer ({exc}). "
                 "Start it, or point DOCKER_HOST (or the Docker context) at a running engine; "
@@ -232,6 +244,14 @@ class Backend(abc.ABC):
         if not self.settings.preload:
             return 0.0
         with contextlib.closing(self.context.host_client()) as host:
+            missing = [image for image in self.settings.preload if not image_exists(host, image)]
+            if missing:  # an engine of a pool, say, that has not had them yet
+                donors = self.context.image_donors()
+                try:
+                    ensure_on_host(host, missing, "preload", PRELOAD_HINT, donors)
+                finally:
+                    for donor in donors:
+                        donor.close()
             return preload(host, target, self.settings.preload)
 
     def leftovers(self) -> list[str]:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import subprocess
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from ..coordination import locked, read_json, state_root, write_json
+from ..coordination import die_with_parent, locked, read_json, state_root, write_json
 from ..daemon import Endpoint, phase
 from ..errors import DaemonUnavailable, StartupError
 from ..images import ensure_on_host
+from ..net import answers, free_port
 from ..tls import server_archive
 from .base import Backend, BackendContext
 
@@ -101,22 +103,26 @@ def _volume_options(storage: str) -> dict[str, str]:
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 REACHABLE_TIMEOUT = 5.0
+TUNNEL_TIMEOUT = 15.0
 
 
-def remote_engine_host(url: str, described: str) -> str | None:
-    """The engine machine's name or address when it is another machine (``tcp://`` not on
-    loopback), None for an engine on this one. ``ssh://`` engines are refused with the reason."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "ssh":
-        raise DaemonUnavailable(
-            f"the dind backend cannot use an ssh:// engine yet ({described}): its daemon would be "
-            "published on that machine, which this process reaches only through SSH. Run pytest "
-            "on the engine's machine, give it a tcp:// endpoint with TLS, or use "
-            "--docker-backend=machine."
-        )
-    if parts.scheme in ("tcp", "http", "https") and parts.hostname not in LOOPBACK_NAMES:
-        return parts.hostname
-    return None
+@dataclass(frozen=True)
+class EngineMachine:
+    """Where the engine runs, as the dind backend must reach what it publishes there."""
+
+    kind: str  # "local" (this machine), "tcp" (another machine), "ssh" (another, through SSH)
+    host: str = ""
+    user: str = ""
+    port: int | None = None
+
+    @classmethod
+    def of(cls, url: str) -> EngineMachine:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme == "ssh":
+            return cls("ssh", parts.hostname or "", parts.username or "", parts.port)
+        if parts.scheme in ("tcp", "http", "https") and parts.hostname not in LOOPBACK_NAMES:
+            return cls("tcp", parts.hostname or "")
+        return cls("local")
 
 
 def _check_reachable(address: str, port: int, engine: str) -> None:
@@ -240,7 +246,8 @@ class DindBackend(Backend):
     shareable = True
 
     _host: docker.DockerClient | None = None
-    _remote: str | None = None
+    _machine = EngineMachine("local")
+    _tunnel: subprocess.Popen[bytes] | None = None
     _container: Container | None = None
     _volume: str | None = None
     _mode = ""
@@ -278,7 +285,7 @@ class DindBackend(Backend):
 
     def start(self) -> Endpoint:
         engine = self.context.engine
-        self._remote = remote_engine_host(engine.url, engine.describe())
+        self._machine = EngineMachine.of(engine.url)
         self._host = host = self.context.host_client()
         image = self.settings.dind_image
         self._ensure_image(host, image)
@@ -292,8 +299,10 @@ class DindBackend(Backend):
             container = self._run_container(host, image)
             self._container = container
             address, port = self._address(host, container)
-            if self._remote is not None:
+            if self._machine.kind == "tcp":
                 _check_reachable(address, port, engine.describe())
+            elif self._machine.kind == "ssh":
+                address, port = "127.0.0.1", self._open_tunnel(port)
             tls = self.context.ca.server_tls(
                 ["127.0.0.1", "localhost", address, container.name or "", *self._container_ips()]
             )
@@ -321,7 +330,7 @@ class DindBackend(Backend):
         return backend
 
     def _ensure_image(self, host: docker.DockerClient, image: str) -> None:
-        donors = self.context.image_donors() if self._remote else []
+        donors = self.context.image_donors() if self._machine.kind != "local" else []
         try:
             ensure_on_host(
                 host,
@@ -342,7 +351,9 @@ class DindBackend(Backend):
         host_config = api.create_host_config(
             # A remote engine's loopback cannot be reached from here: its daemon is published on
             # the engine machine's addresses (mutual TLS still refuses anyone without our keys).
-            port_bindings={DOCKERD_PORT: ("0.0.0.0" if self._remote else "127.0.0.1", None)},
+            port_bindings={
+                DOCKERD_PORT: ("0.0.0.0" if self._machine.kind == "tcp" else "127.0.0.1", None)
+            },
             binds={self._volume: {"bind": "/var/lib/docker", "mode": "rw"}},
             **mode.get("host_config", {}),
         )
@@ -408,10 +419,10 @@ class DindBackend(Backend):
         engine's address and the published port, or the container network when pytest itself
         runs in a container of the same engine."""
         bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{DOCKERD_PORT}/tcp") or []
-        if self._remote is not None:
+        if self._machine.kind == "tcp":
             for binding in bindings:
                 if binding.get("HostIp") in ("0.0.0.0", "", None):
-                    return self._remote, int(binding["HostPort"])
+                    return self._machine.host, int(binding["HostPort"])
             raise StartupError("start", f"the remote engine published no port: {bindings!r}")
         me = own_container(host)
         if me is not None:
@@ -426,12 +437,66 @@ class DindBackend(Backend):
                 return "127.0.0.1", int(binding["HostPort"])
         raise StartupError("start", f"the engine published no 127.0.0.1 port: {bindings!r}")
 
+    def _open_tunnel(self, remote_port: int) -> int:
+        """Forward a port of this machine's loopback to ``remote_port`` on the engine machine's
+        loopback, through SSH (the ``ssh`` command: the user's configuration, agent and known
+        hosts, as for the engine itself); return the local port."""
+        machine = self._machine
+        local = free_port()
+        command = ["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes"]
+        command += ["-L", f"127.0.0.1:{local}:127.0.0.1:{remote_port}"]
+        command += ["-l", machine.user] if machine.user else []
+        command += ["-p", str(machine.port)] if machine.port else []
+        self._tunnel = tunnel = subprocess.Popen(
+            [*command, "--", machine.host],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent,
+        )
+        deadline = time.monotonic() + TUNNEL_TIMEOUT
+        while not answers("127.0.0.1", local, timeout=0.2):
+            if tunnel.poll() is not None or time.monotonic() > deadline:
+                raise StartupError(
+                    "start",
+                    f"the SSH tunnel to the dind daemon on {machine.host} did not open: "
+                    f"{self._tunnel_error()}. Check that `ssh {machine.host}` works without a "
+                    "prompt (key in the agent or the SSH configuration, host key known).",
+                )
+            time.sleep(0.05)
+        return local
+
+    def _tunnel_error(self) -> str:
+        tunnel = self._tunnel
+        if tunnel is None:
+            return "no tunnel"
+        if tunnel.poll() is None:
+            return f"no answer within {TUNNEL_TIMEOUT:.0f} s"
+        assert tunnel.stderr is not None
+        message = tunnel.stderr.read().decode(errors="replace").strip()
+        return f"ssh exited with code {tunnel.returncode}: {message or 'no message'}"
+
+    def _close_tunnel(self) -> None:
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            if tunnel.poll() is None:
+                tunnel.terminate()
+                try:
+                    tunnel.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    tunnel.kill()
+                    tunnel.wait()
+            if tunnel.stderr is not None:
+                tunnel.stderr.close()
+
     def _container_ips(self) -> list[str]:
         assert self._container is not None
         networks = self._container.attrs["NetworkSettings"]["Networks"] or {}
         return [n["IPAddress"] for n in networks.values() if n.get("IPAddress")]
 
     def failure(self) -> str | None:
+        if self._tunnel is not None and self._tunnel.poll() is not None:
+            return f"the SSH tunnel to its port closed ({self._tunnel_error()})"
         if self._container is None:
             return None
         try:
@@ -469,6 +534,7 @@ class DindBackend(Backend):
         return {"mode": self._mode, "image": self.settings.dind_image}
 
     def stop(self) -> None:
+        self._close_tunnel()
         host = self._host
         if host is None:
             return

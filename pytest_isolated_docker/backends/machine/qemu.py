@@ -28,11 +28,12 @@ from ...coordination import locked, read_json, runtime_root, write_json
 from ...daemon import Endpoint
 from ...errors import StartupError
 from ...images import VM_FILES, missing_vm_files, vm_image_dir
+from ...net import free_port
 from ...tls import server_archive
 from ..base import Backend, BackendContext, ReapIncomplete
 from .driver import MachineDriver
 from .snapshot import INSTALL_QEMU_IMG, QEMU_IMG, ensure_snapshot, unfinished_builds
-from .vm import QEMU_BINARY, Disk, Machine, QemuProcess, config_line, free_port, reap_qemu, tail
+from .vm import QEMU_BINARY, Disk, Machine, QemuProcess, config_line, reap_qemu, tail
 
 HOST_FROM_GUEST = "10.0.2.2"
 VCPUS = 2

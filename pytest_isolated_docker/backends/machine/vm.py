@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import dataclasses
 import gzip
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -34,8 +32,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ...coordination import Holder, ProcessIdentity, is_held, read_json, write_json
+from ...coordination import (
+    Holder,
+    ProcessIdentity,
+    die_with_parent,
+    is_held,
+    read_json,
+    write_json,
+)
 from ...errors import StartupError
+from ...net import answers
 
 QEMU_BINARY = "qemu-system-x86_64"
 GUEST_PORT = 2376
@@ -92,20 +98,6 @@ class Disk:
     def drive_arg(self) -> str:
         spec = f"file={self.path},if=virtio,format={self.format}"
         return spec + (",snapshot=on" if self.throwaway else "")
-
-
-def _set_parent_death_signal() -> None:
-    # Runs in the child between fork and exec: QEMU gets SIGKILL when the thread that started it
-    # dies, so a VM cannot outlive a killed pytest even before the crash reaper runs.
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def tail(path: Path, lines: int) -> str:
@@ -202,7 +194,7 @@ class QemuProcess:
                     # Its own session: a Ctrl-C meant for pytest must not kill the VM before the
                     # plugin removes it in order; the parent-death signal covers pytest killed.
                     start_new_session=True,
-                    preexec_fn=_set_parent_death_signal,
+                    preexec_fn=die_with_parent,
                     # QEMU holds the flock from now on: alive exactly while QEMU runs.
                     pass_fds=(alive.fd,),
                 )
@@ -237,10 +229,7 @@ class QemuProcess:
                     self.process = None
                     return False
                 self._check_running("opening its port", diagnostics)
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
+            if answers("127.0.0.1", self.port, timeout=0.2):
                 return True
             time.sleep(0.02)
         raise StartupError(
