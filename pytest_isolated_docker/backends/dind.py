@@ -26,7 +26,7 @@ from docker.models.containers import Container
 from ..coordination import die_with_parent, locked, read_json, state_root, write_json
 from ..daemon import Endpoint, phase
 from ..errors import DaemonUnavailable, StartupError
-from ..images import ensure_on_host
+from ..images import ensure_on_host, image_exists
 from ..net import answers, free_port
 from ..tls import server_archive
 from .base import Backend, BackendContext
@@ -39,12 +39,18 @@ DOCKERD_PORT = 2376
 # certificates the plugin copies in after start, and execs dockerd with the arguments it was given.
 ENTRYPOINT = r"""
 set -eu
+mode=""
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
     mount -o remount,rw /sys/fs/cgroup 2>/dev/null || true
     mkdir -p /sys/fs/cgroup/init
     xargs -rn1 < /sys/fs/cgroup/cgroup.procs > /sys/fs/cgroup/init/cgroup.procs 2>/dev/null || true
     sed -e 's/ / +/g' -e 's/^/+/' < /sys/fs/cgroup/cgroup.controllers \
         > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+elif ! awk '$1 == 0 && $2 == 0 && $3 == 4294967295 { found = 1 } END { exit !found }' \
+        /proc/self/uid_map; then
+    # A user namespace (a rootless engine): cgroup v1 hierarchies can be neither mounted nor
+    # written; dockerd's rootless mode runs its containers without cgroups.
+    mode=--rootless
 else
     awk '$0 ~ / - cgroup / { print $5, $NF }' /proc/self/mountinfo |
     while read -r point options; do
@@ -55,7 +61,7 @@ else
     done
 fi
 while [ ! -e /certs/ready ]; do sleep 0.01; done
-exec dockerd "$@"
+exec dockerd $mode "$@"
 """
 
 PRIVILEGED_REFUSED_HINTS = ("unable to apply caps", "operation not permitted")
@@ -271,17 +277,23 @@ class DindBackend(Backend):
 
     @classmethod
     def notes(cls, context: BackendContext) -> list[str]:
-        if context.settings.dind_privileged != "auto":
-            return []
         try:
             with contextlib.closing(context.host_client()) as host:
                 engine = EngineFacts.of(host)
+                security = " ".join(host.info().get("SecurityOptions") or [])
         except (DaemonUnavailable, docker.errors.DockerException):
             return []
-        memo = read_privilege_memo(engine)
-        if memo is None:
-            return []
-        return [describe_privilege_memo(memo, privilege_memo_path(engine))]
+        found = []
+        if "name=rootless" in security:
+            found.append(
+                "the host engine is rootless: each dind daemon runs in its user namespace, in "
+                "dockerd's rootless mode where cgroup v1 cannot be delegated (its containers get "
+                "no CPU or memory limits), and its port is published through rootlesskit"
+            )
+        memo = read_privilege_memo(engine) if context.settings.dind_privileged == "auto" else None
+        if memo is not None:
+            found.append(describe_privilege_memo(memo, privilege_memo_path(engine)))
+        return found
 
     def start(self) -> Endpoint:
         engine = self.context.engine
@@ -330,7 +342,8 @@ class DindBackend(Backend):
         return backend
 
     def _ensure_image(self, host: docker.DockerClient, image: str) -> None:
-        donors = self.context.image_donors() if self._machine.kind != "local" else []
+        # Another engine of this machine (the system's for a rootless one, say) may have it.
+        donors = [] if image_exists(host, image) else self.context.image_donors()
         try:
             ensure_on_host(
                 host,
