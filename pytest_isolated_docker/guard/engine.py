@@ -74,6 +74,10 @@ class EngineClient:
             self._local.connection = connection
         return connection
 
+    def release(self) -> None:
+        """Close this thread's connection (a thread that ends must not leave it to the GC)."""
+        self._drop()
+
     def _drop(self) -> None:
         connection: EngineConnection | None = getattr(self._local, "connection", None)
         if connection is not None:

@@ -108,6 +108,7 @@ class _Exchange:
         self.request = request
         self.method = request.method.decode("ascii", "replace")
         self.body_done = False
+        self.test_closed = False
 
     # ---- judging ------------------------------------------------------------------------------
 
@@ -234,15 +235,13 @@ class _Exchange:
             if event is not h11.NEED_DATA:
                 return event
             pending = isinstance(engine.sock, ssl.SSLSocket) and engine.sock.pending()
-            readable = (
-                [engine.sock]
-                if pending
-                else select.select([engine.sock, self.test.sock], [], [])[0]
-            )
+            watched = [engine.sock] if self.test_closed else [engine.sock, self.test.sock]
+            readable = [engine.sock] if pending else select.select(watched, [], [])[0]
             if self.test.sock in readable:
                 data = self.test.sock.recv(_READ)
-                if not data:
-                    raise ClientGone()
+                # An end of input may be a half-close: the answer still goes out, and a test that
+                # is really gone is noticed when writing to it fails.
+                self.test_closed = not data
                 self.test.h11.receive_data(data)  # a pipelined request, kept for later
             if engine.sock in readable:
                 engine.h11.receive_data(engine.sock.recv(_READ))
@@ -265,7 +264,9 @@ class _Exchange:
             length = [v for n, v in event.headers if n.lower() == b"content-length"]
             if length:
                 headers.append((b"Content-Length", length[0]))
-            self.test.send(h11.Response(status_code=event.status_code, headers=headers))
+            self.test.send(
+                h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
+            )
             while True:
                 part = self.next_from_engine(engine)
                 if isinstance(part, h11.Data):
@@ -305,14 +306,20 @@ class _Exchange:
             rewritten = call.answer(response.status_code, payload)
             raw = json.dumps(rewritten).encode()
         headers.append((b"Content-Length", str(len(raw)).encode()))
-        self.test.send(h11.Response(status_code=response.status_code, headers=headers))
+        self.test.send(
+            h11.Response(status_code=response.status_code, headers=headers, reason=response.reason)
+        )
         if raw:
             self.test.send(h11.Data(data=raw))
         self.test.send(h11.EndOfMessage())
 
     def switch(self, response: h11.InformationalResponse, engine: EngineConnection) -> None:
         """Both sides leave HTTP: pipe the attach or exec stream."""
-        self.test.send(h11.InformationalResponse(status_code=101, headers=response.headers))
+        self.test.send(
+            h11.InformationalResponse(
+                status_code=101, headers=response.headers, reason=response.reason
+            )
+        )
         to_engine, _ = self.test.h11.trailing_data
         to_test, _ = engine.h11.trailing_data
         if to_test:
@@ -350,6 +357,7 @@ class _GuardHandler(socketserver.BaseRequestHandler):
         finally:
             if engine is not None:
                 engine.close()
+            self.server.judge.own.engine.release()
 
     def exchange(
         self, test: _TestSide, request: h11.Request, engine: EngineConnection | None

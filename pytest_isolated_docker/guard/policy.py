@@ -147,8 +147,19 @@ class Policy:
         body["Labels"] = self.own.labelled(body.get("Labels"))
 
     def host_config(self, host: dict[str, Any]) -> None:
+        """Judge (and rewrite) a HostConfig. The order decides which rule a refusal names:
+        privileged, host paths, namespaces, devices, capabilities, confinement, the rest."""
         if _set(host.get("Privileged")):
             raise Refused("privileged", "HostConfig.Privileged gives the container the host")
+        if host.get("Binds") is not None:
+            host["Binds"] = [self._bind(_text(spec)) for spec in host["Binds"]]
+        for index, mount in enumerate(host.get("Mounts") or []):
+            self._mount(mount or {}, f"HostConfig.Mounts[{index}]")
+        if host.get("VolumesFrom") is not None:
+            host["VolumesFrom"] = [self._volumes_from(_text(v)) for v in host["VolumesFrom"]]
+        self._namespaces(host)
+        if host.get("Links") is not None:
+            host["Links"] = [self._link(_text(link)) for link in host["Links"]]
         self._capabilities_and_devices(host, "HostConfig")
         for name in ("CapAdd", "Capabilities"):
             if _set(host.get(name)):
@@ -166,7 +177,6 @@ class Policy:
                 raise Refused(
                     "masked-paths", f"HostConfig.{name} replaces the engine's masked /proc paths"
                 )
-        self._namespaces(host)
         for sysctl in host.get("Sysctls") or {}:
             if not sysctl.startswith(_SYSCTL_PREFIXES):
                 raise Refused("sysctl", f"the sysctl {sysctl!r} is not namespaced to the container")
@@ -196,14 +206,6 @@ class Policy:
                 "go to 127.0.0.1)",
             )
         self._ports(host)
-        if host.get("Binds") is not None:
-            host["Binds"] = [self._bind(_text(spec)) for spec in host["Binds"]]
-        for index, mount in enumerate(host.get("Mounts") or []):
-            self._mount(mount or {}, f"HostConfig.Mounts[{index}]")
-        if host.get("VolumesFrom") is not None:
-            host["VolumesFrom"] = [self._volumes_from(_text(v)) for v in host["VolumesFrom"]]
-        if host.get("Links") is not None:
-            host["Links"] = [self._link(_text(link)) for link in host["Links"]]
 
     def _capabilities_and_devices(self, resources: dict[str, Any], where: str) -> None:
         for name in ("Devices", "DeviceCgroupRules", "DeviceRequests"):

@@ -285,6 +285,7 @@ CONTAINER_UPDATE = _struct(
 
 EXEC_CREATE = _struct(
     "ExecConfig",
+    "Container",  # sent by docker-py, ignored by the engine
     *[
         "User",
         "Privileged",
