@@ -364,7 +364,14 @@ class _GuardHandler(socketserver.BaseRequestHandler):
     ) -> tuple[bool, EngineConnection | None]:
         exchange = _Exchange(self.server, test, request)
         try:
-            route, call, raw = exchange.judge()
+            try:
+                route, call, raw = exchange.judge()
+            except (TypeError, AttributeError, KeyError, ValueError) as exc:
+                # A body of a shape the rules did not expect (a string where dockerd wants an
+                # object, say): dockerd would refuse it too; the guard never passes it on.
+                raise Refused(
+                    "malformed-body", f"the body is not of the shape the endpoint takes ({exc!r})"
+                ) from None
         except Refused as refusal:
             self.server.note(
                 refusal.status,

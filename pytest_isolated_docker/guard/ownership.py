@@ -38,7 +38,7 @@ class Ownership:
         self.labels = dict(labels)
         self.key = key
         self.value = self.labels[key]
-        self._own: set[str] = set()
+        self._own: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     # ---- labels and filters ---------------------------------------------------------------
@@ -75,17 +75,17 @@ class Ownership:
         restricted.setdefault("label", {})[self.label_filter] = True
         return json.dumps(restricted)
 
-    def _remember(self, object_id: str) -> None:
+    def _remember(self, kind: str, object_id: str) -> None:
         with self._lock:
-            self._own.add(object_id)
+            self._own.setdefault(kind, set()).add(object_id)
 
-    def remember(self, object_id: str) -> None:
-        """Note an id the engine just gave to an object made through the guard."""
-        self._remember(object_id)
+    def remember(self, kind: str, object_id: str) -> None:
+        """Note the id the engine just gave to a ``kind`` of object made through the guard."""
+        self._remember(kind, object_id)
 
-    def _known(self, reference: str) -> bool:
+    def _known(self, kind: str, reference: str) -> bool:
         with self._lock:
-            return reference in self._own
+            return reference in self._own.get(kind, ())
 
     # ---- lookups ----------------------------------------------------------------------------
 
@@ -106,12 +106,12 @@ class Ownership:
                 f"the container {reference!r} was not made through this guard (another session, "
                 "another worker, or the host)",
             )
-        self._remember(info["Id"])
+        self._remember("containers", info["Id"])
         return info
 
     def container(self, reference: str) -> str:
         """The full id of the own container ``reference`` names."""
-        if self._known(reference):
+        if self._known("containers", reference):
             return reference
         return str(self.container_info(reference)["Id"])
 
@@ -123,7 +123,7 @@ class Ownership:
 
     def exec(self, reference: str) -> str:
         """The id of an exec of an own container."""
-        if self._known(reference):
+        if self._known("exec", reference):
             return reference
         info = self._inspect("exec", "exec instance", reference)
         try:
@@ -132,7 +132,7 @@ class Ownership:
             raise Refused(
                 "foreign-exec", f"the exec {reference!r} runs in a container not made here"
             ) from None
-        self._remember(str(info["ID"]))
+        self._remember("exec", str(info["ID"]))
         return str(info["ID"])
 
     def network_info(self, reference: str, shared: bool = True) -> dict[str, Any]:
@@ -150,11 +150,11 @@ class Ownership:
 
     def network(self, reference: str, shared: bool = True) -> str:
         """The full id of an own network (or, with ``shared``, of bridge/none)."""
-        if self._known(reference):
+        if self._known("networks", reference):
             return reference
         info = self.network_info(reference, shared)
         if self.is_own(info.get("Labels")):
-            self._remember(str(info["Id"]))
+            self._remember("networks", str(info["Id"]))
         return str(info["Id"])
 
     def volume_exists(self, name: str) -> bool:

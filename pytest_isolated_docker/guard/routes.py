@@ -117,10 +117,12 @@ def update_container(judge: Judge, call: Call) -> None:
     judge.policy.container_update(call.body or {})
 
 
-def learn_id(judge: Judge) -> Rewrite:
+def learn_id(judge: Judge, kind: str) -> Rewrite:
+    """Remember the id of the ``kind`` of object the answer reports made."""
+
     def read(status: int, answer: Any) -> Any:
         if status < 300 and isinstance(answer, dict) and isinstance(answer.get("Id"), str):
-            judge.own.remember(answer["Id"])
+            judge.own.remember(kind, answer["Id"])
         return answer
 
     return read
@@ -130,13 +132,13 @@ def create_container(judge: Judge, call: Call) -> None:
     if call.body is None:
         call.body = {}
     judge.policy.container_create(call.body)
-    call.answer = learn_id(judge)
+    call.answer = learn_id(judge, "containers")
 
 
 def create_exec(judge: Judge, call: Call) -> None:
     own_container(judge, call)
     judge.policy.exec_create(call.body or {})
-    call.answer = learn_id(judge)
+    call.answer = learn_id(judge, "exec")
 
 
 def own_exec(judge: Judge, call: Call) -> None:
@@ -166,7 +168,7 @@ def create_network(judge: Judge, call: Call) -> None:
     if call.body is None:
         call.body = {}
     judge.policy.network_create(call.body)
-    call.answer = learn_id(judge)
+    call.answer = learn_id(judge, "networks")
 
 
 def connect_network(judge: Judge, call: Call) -> None:

@@ -403,3 +403,16 @@ def test_refusals_name_the_rule_and_what_allows_it(policy: Policy) -> None:
     with pytest.raises(Refused) as refused:
         _create(policy, {"Privileged": True})
     assert "--docker-backend=dind" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        {"PortBindings": {"80/tcp": ["0.0.0.0:80"]}},
+        {"Mounts": ["/:/host"]},
+    ],
+)
+def test_bodies_of_an_unexpected_shape_fail_the_rules(policy: Policy, host: dict[str, Any]) -> None:
+    # The guard turns these errors into a 'malformed-body' refusal; never into a pass.
+    with pytest.raises((AttributeError, TypeError, Refused)):
+        _create(policy, host)
