@@ -169,6 +169,8 @@ class _Exchange:
         """Read and drop the rest of a refused request's body, up to :data:`DRAIN_LIMIT`."""
         if self.body_done or self.test.h11.their_state is not h11.SEND_BODY:
             return
+        if self.test.h11.client_is_waiting_for_100_continue:
+            return  # it sends no body before a 100 Continue: answer, then close
         size = 0
         while size <= DRAIN_LIMIT:
             event = self.test.next_event()
