@@ -21,14 +21,17 @@ import contextlib
 import io
 import json
 import os
+import re
 import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import docker
+import docker.errors
 
 IMAGE = "debian:bookworm-slim"
 TEST_LABEL = "pytest-isolated-docker-test"
@@ -131,6 +134,18 @@ class Scene:
     foreign_volume_dir: Path
     basetemp: Path  # a directory the guard allows binds from
     host_hostname: str
+    host_tag: str  # a tag of the host's (of IMAGE's image), put back after each attempt
+
+    def host_tag_id(self) -> str | None:
+        with contextlib.closing(docker.from_env()) as host:
+            try:
+                return str(host.api.inspect_image(self.host_tag)["Id"])
+            except docker.errors.ImageNotFound:
+                return None
+
+    def restore_host_tag(self) -> None:
+        with contextlib.closing(docker.from_env()) as host:
+            host.api.tag(IMAGE, *self.host_tag.rsplit(":", 1), force=True)
 
     def canary(self, name: str) -> Path:
         return self.canary_dir / name
@@ -198,6 +213,8 @@ class Escape:
     guard: Literal["strict", "lax"] = "strict"
     #: Host state the live attempt changes, restored afterwards.
     touches_core_pattern: bool = False
+    #: Removes on the host what a live attempt leaves (run after each attempt).
+    after: Callable[[], None] | None = None
     note: str = ""
     marks: tuple[Any, ...] = field(default=())
 
@@ -357,6 +374,107 @@ def foreign_volume(api: Api, scene: Scene, canary: Path) -> Answer:
     )
 
 
+def build_context(dockerfile: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        data = dockerfile.encode()
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def build(api: Api, query: str, dockerfile: str) -> Answer:
+    return api.call(
+        "POST",
+        f"{V}/build?rm=1&forcerm=1&{query}",
+        build_context(dockerfile),
+        headers={"Content-Type": "application/x-tar"},
+    )
+
+
+def build_on_host_network(api: Api, scene: Scene, canary: Path) -> Answer:
+    built = build(api, "networkmode=host&nocache=1", f"FROM {IMAGE}\nRUN ls /sys/class/net\n")
+    for image in re.findall(r"Successfully built ([0-9a-f]+)", built.message):
+        api.call("DELETE", f"{V}/images/{image}?force=1")
+    return built
+
+
+def build_over_host_tag(api: Api, scene: Scene, canary: Path) -> Answer:
+    before = scene.host_tag_id()
+    built = build(
+        api, f"t={scene.host_tag}&labels=" + quote(json.dumps(LABELS)), f"FROM {IMAGE}\nRUN true\n"
+    )
+    try:
+        return Answer(
+            built.status, {"Moved": scene.host_tag_id() != before, "message": built.message}
+        )
+    finally:
+        _drop_image_at(scene)
+
+
+def _drop_image_at(scene: Scene) -> None:
+    with contextlib.closing(docker.from_env()) as host:
+        moved = host.api.inspect_image(scene.host_tag)["Id"]
+        scene.restore_host_tag()
+        if moved != host.api.inspect_image(IMAGE)["Id"]:
+            with contextlib.suppress(docker.errors.APIError):
+                host.api.remove_image(moved, force=True)
+
+
+def tag_over_host_tag(api: Api, scene: Scene, canary: Path) -> Answer:
+    own = f"pytest-isolated-docker-guard-own:{os.getpid()}"
+    built = build(api, f"t={own}&labels=" + quote(json.dumps(LABELS)), f"FROM {IMAGE}\nRUN true\n")
+    assert built.ok, built
+    before = scene.host_tag_id()
+    repository, tag = scene.host_tag.rsplit(":", 1)
+    try:
+        tagged = api.call("POST", f"{V}/images/{own}/tag?repo={repository}&tag={tag}")
+        return Answer(tagged.status, {"Moved": scene.host_tag_id() != before, **_dict(tagged)})
+    finally:
+        scene.restore_host_tag()
+        api.call("DELETE", f"{V}/images/{own}?force=1")
+
+
+def _dict(answer: Answer) -> dict[str, Any]:
+    return answer.payload if isinstance(answer.payload, dict) else {"message": answer.message}
+
+
+def remove_host_tag(api: Api, scene: Scene, canary: Path) -> Answer:
+    removed = api.call("DELETE", f"{V}/images/{scene.host_tag}")
+    gone = scene.host_tag_id() is None
+    scene.restore_host_tag()
+    return Answer(removed.status, {"Gone": gone, **({} if removed.ok else _dict(removed))})
+
+
+def commit_foreign(api: Api, scene: Scene, canary: Path) -> Answer:
+    committed = api.call(
+        "POST", f"{V}/commit?container={scene.victim}&repo=pytest-isolated-docker-guard-commit"
+    )
+    if committed.ok:
+        api.call("DELETE", f"{V}/images/{committed.payload['Id']}?force=1")
+    return committed
+
+
+def connect_foreign(api: Api, scene: Scene, canary: Path) -> Answer:
+    made = api.call(
+        "POST",
+        f"{V}/networks/create",
+        {"Name": f"pytest-isolated-docker-guard-net-{os.getpid()}", "Labels": LABELS},
+    )
+    assert made.ok, made
+    network = made.payload["Id"]
+    try:
+        return api.call("POST", f"{V}/networks/{network}/connect", {"Container": scene.victim})
+    finally:
+        api.call("POST", f"{V}/networks/{network}/disconnect", {"Container": scene.victim})
+        api.call("DELETE", f"{V}/networks/{network}")
+
+
+def copy_from_foreign(api: Api, scene: Scene, canary: Path) -> Answer:
+    return api.call("GET", f"{V}/containers/{scene.victim}/archive?path=/etc/hostname")
+
+
 # ---- what the raw engine shows for cases that write nothing here ----------------------------
 
 
@@ -398,6 +516,26 @@ def privileged_refused_by_runtime(answer: Answer, scene: Scene) -> bool:
     return inspect_shows("HostConfig.Privileged", True)(answer, scene) and (
         "unable to apply caps" in answer.message
     )
+
+
+def remove_volume(name: str) -> Callable[[], None]:
+    def remove() -> None:
+        with (
+            contextlib.closing(docker.from_env()) as host,
+            contextlib.suppress(docker.errors.NotFound),
+        ):
+            host.api.remove_volume(name, force=True)
+
+    return remove
+
+
+def remove_cgroups(name: str) -> Callable[[], None]:
+    def remove() -> None:
+        for directory in Path("/sys/fs/cgroup").glob(f"*/{name}"):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+    return remove
 
 
 def in_shm(scene: Scene, name: str) -> Path:
@@ -512,6 +650,7 @@ CORPUS: tuple[Escape, ...] = (
                 }
             ]
         ),
+        after=remove_volume("pid-guard-escape-mount-opts"),
     ),
     Escape(
         "volume-create-with-bind-options",
@@ -720,6 +859,7 @@ CORPUS: tuple[Escape, ...] = (
         "honoured",
         run_observing("cat /proc/self/cgroup", CgroupParent="pid-guard-escape"),
         shows=lambda answer, scene: "pid-guard-escape" in answer.logs,
+        after=remove_cgroups("pid-guard-escape"),
     ),
     Escape(
         "port-on-all-interfaces",
@@ -744,5 +884,80 @@ CORPUS: tuple[Escape, ...] = (
         "writes",
         foreign_volume,
         canary_at=in_foreign_volume,
+    ),
+    Escape(
+        "masked-paths-kelvin-and-long-s",
+        "masked-paths",
+        "writes",
+        lambda api, scene, canary: api.run(
+            raw_body(
+                ["sh", "-c", core_pattern(canary)],
+                '"HostConfig": {"Mas\\u212aedPaths": [], "ReadonlyPath\\u017f": []}',
+            )
+        ),
+        touches_core_pattern=True,
+        note="U+212A KELVIN SIGN and U+017F LONG S, which Go folds to k and s",
+    ),
+    Escape(
+        "network-host-lowercase",
+        "host-namespace",
+        "honoured",
+        lambda api, scene, canary: api.run(
+            raw_body(["ls", "/sys/class/net"], '"hostconfig": {"networkmode": "host"}')
+        ),
+        shows=host_interfaces,
+    ),
+    Escape(
+        "build-on-host-network",
+        "build-network",
+        "honoured",
+        build_on_host_network,
+        shows=lambda answer, scene: "docker0" in answer.message,
+        note="a build's RUN steps in the host's network namespace",
+    ),
+    Escape(
+        "build-over-host-image-tag",
+        "image-read-only",
+        "honoured",
+        build_over_host_tag,
+        shows=lambda answer, scene: bool(answer.payload["Moved"]),
+        note="the host's tag moved to the build's image",
+    ),
+    Escape(
+        "tag-over-host-image-tag",
+        "image-read-only",
+        "honoured",
+        tag_over_host_tag,
+        shows=lambda answer, scene: bool(answer.payload["Moved"]),
+    ),
+    Escape(
+        "remove-host-image",
+        "image-read-only",
+        "honoured",
+        remove_host_tag,
+        shows=lambda answer, scene: bool(answer.payload["Gone"]),
+        note="on a throw-away tag of the host's image, put back after",
+    ),
+    Escape(
+        "commit-foreign-container",
+        "foreign-container",
+        "honoured",
+        commit_foreign,
+        shows=lambda answer, scene: answer.status == 201,
+        note="another job's file system, as an image",
+    ),
+    Escape(
+        "connect-foreign-container-to-own-network",
+        "foreign-container",
+        "honoured",
+        connect_foreign,
+        shows=lambda answer, scene: answer.ok,
+    ),
+    Escape(
+        "copy-from-foreign-container",
+        "foreign-container",
+        "honoured",
+        copy_from_foreign,
+        shows=lambda answer, scene: answer.status == 200,
     ),
 )

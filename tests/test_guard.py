@@ -70,6 +70,8 @@ def scene(
     network = host_engine.networks.create(
         f"guard-victim-{uuid.uuid4().hex[:8]}", labels={"purpose": "guard-victim"}
     )
+    host_tag = f"pytest-isolated-docker-guard-victim:{os.getpid()}"
+    host_engine.api.tag(IMAGE, *host_tag.rsplit(":", 1), force=True)
     try:
         yield Scene(
             canary_dir=CANARY_DIR,
@@ -78,12 +80,15 @@ def scene(
             foreign_volume_dir=Path(volume.attrs["Mountpoint"]),
             basetemp=tmp_path_factory.mktemp("guard-scene"),
             host_hostname=socket.gethostname(),
+            host_tag=host_tag,
         )
     finally:
         victim.remove(force=True)
         with contextlib.suppress(docker.errors.APIError):
             network.remove()
         volume.remove(force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            host_engine.api.remove_image(host_tag)
         for container in host_engine.containers.list(
             all=True, filters={"label": f"{TEST_LABEL}=guard-escape"}
         ):
@@ -130,9 +135,13 @@ def _canary(escape: Escape, scene: Scene) -> Path:
 
 def _show_live(escape: Escape, scene: Scene, host_api: Api, canary: Path) -> None:
     with _host_global_state(escape):
-        live = escape.attempt(host_api, scene, canary)
-        if escape.live == "writes":
-            written = _wait_for(canary, 10)
+        try:
+            live = escape.attempt(host_api, scene, canary)
+            if escape.live == "writes":
+                written = _wait_for(canary, 10)
+        finally:
+            if escape.after is not None:
+                escape.after()
     if escape.live == "writes":
         assert written, f"not live: the raw engine answered {live} and {canary} was not written"
         canary.unlink()
@@ -167,6 +176,8 @@ def test_escape_is_live_on_the_host_engine_and_refused_by_the_guard(
             time.sleep(0.2 if escape.live != "writes" else 1.0)
     finally:
         guard.close()
+        if escape.after is not None:
+            escape.after()
     assert 400 <= refused.status < 500, refused
     assert f"refused by rule '{escape.rule}'" in refused.message, refused
     assert not canary.exists(), f"{canary} was written through the guard"
