@@ -68,7 +68,7 @@ class _TestSide:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=256 * 1024)
 
     def next_event(self) -> Any:
         while True:
