@@ -388,15 +388,29 @@ class _GuardHandler(socketserver.BaseRequestHandler):
                 return False, engine
             test.answer(refusal.status, {"message": refusal.message})
             return keep and exchange.body_done, engine
-        if engine is None:
+        reused = engine is not None
+        while True:
+            if engine is None:
+                try:
+                    engine = EngineConnection(self.server.connect)
+                except OSError as exc:
+                    message = f"pytest-isolated-docker guard: engine unreachable: {exc}"
+                    test.answer(502, {"message": message})
+                    return False, None
             try:
-                engine = EngineConnection(self.server.connect)
-            except OSError as exc:
-                test.answer(
-                    502, {"message": f"pytest-isolated-docker guard: engine unreachable: {exc}"}
-                )
-                return False, None
-        keep = exchange.forward(route, call, raw, engine)
+                keep = exchange.forward(route, call, raw, engine)
+                break
+            except (OSError, h11.ProtocolError, ConnectionError):
+                engine.close()
+                engine = None
+                # A kept-alive engine connection may have been closed meanwhile: a request whose
+                # body the guard holds, and of which the test has seen nothing yet, is sent again
+                # once on a new connection.
+                if not (
+                    reused and route.body != "stream" and test.h11.our_state is h11.SEND_RESPONSE
+                ):
+                    raise
+                reused = False
         if not keep:
             engine.close()
             engine = None
