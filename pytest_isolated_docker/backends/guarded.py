@@ -19,7 +19,7 @@ import docker.errors
 from ..coordination import state_root
 from ..guard import BindRoot, GuardProxy, make_guard
 from ..labels import DAEMON, ROLE, SESSION
-from .base import DeadSession
+from .base import BackendContext, DeadSession
 from .hostengine import HostEngineBackend
 
 #: Host paths no bind may reach, whatever the allow-list says: engine and containerd sockets and
@@ -67,6 +67,14 @@ class GuardedBackend(HostEngineBackend):
         return [
             "isolated-docker: GUARDED: tests use the host's Docker engine through a default-deny "
             "guard (only their own objects, no host access; refusals are counted in the summary)"
+        ]
+
+    @classmethod
+    def notes(cls, context: BackendContext) -> list[str]:
+        allowed = ", ".join(context.settings.guard_allow_bind) or "none"
+        return [
+            "containers may bind-mount pytest's basetemp (tmp_path) and the allow-listed "
+            f"directories (--docker-guard-allow-bind: {allowed}); the guard refuses the rest"
         ]
 
     def bind_roots(self) -> list[BindRoot]:
