@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import socketserver
 import ssl
@@ -82,12 +83,81 @@ def _copy(source: socket.socket, destination: socket.socket) -> None:
 
 def pipe_both_ways(client: socket.socket, upstream: socket.socket) -> None:
     """Copy bytes both ways until the engine's side ends (a hijacked attach or exec stream)."""
+    if isinstance(upstream, ssl.SSLSocket):
+        _pipe_tls(client, upstream)
+        return
     to_upstream = threading.Thread(target=_copy, args=(client, upstream), daemon=True)
     to_upstream.start()
     _copy(upstream, client)
     # The engine has finished answering; a client still holding its side open must not keep this
     # thread alive.
     to_upstream.join(timeout=0.5)
+
+
+_TLS_WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError)
+_PIPE_BUFFER = 1024 * 1024
+
+
+def _pipe_tls(client: socket.socket, upstream: ssl.SSLSocket) -> None:
+    """:func:`pipe_both_ways` for a TLS engine, in one thread.
+
+    One TLS connection must not be read and written by two threads at once, and a TLS stream is
+    half-closed with a close_notify alert (``socket.shutdown`` would drop the TLS layer and hand
+    the other side raw records). So both directions go through one non-blocking loop with a
+    buffer each; the test's end of input becomes a close_notify to the engine.
+    """
+    client.setblocking(False)
+    upstream.setblocking(False)
+    to_client = bytearray()
+    to_upstream = bytearray()
+    client_done = upstream_done = notified = False
+    try:
+        while not (upstream_done and not to_client):
+            if client_done and not to_upstream and not notified:
+                notified = True
+                try:
+                    upstream.unwrap()  # sends close_notify; keeps reading until the engine's
+                    upstream_done = True  # ... its close_notify came too: nothing more to read
+                except _TLS_WAIT:
+                    pass
+            readers = []
+            if not client_done and len(to_upstream) < _PIPE_BUFFER:
+                readers.append(client)
+            if not upstream_done and len(to_client) < _PIPE_BUFFER:
+                readers.append(upstream)
+            writers = [
+                sock for sock, buffer in ((client, to_client), (upstream, to_upstream)) if buffer
+            ]
+            pending = upstream in readers and upstream.pending() > 0
+            readable, writable, _ = select.select(readers, writers, [], 0 if pending else None)
+            if pending and upstream not in readable:
+                readable.append(upstream)
+            for sock in readable:
+                try:
+                    data = sock.recv(65536)
+                except _TLS_WAIT:
+                    continue
+                except ssl.SSLError:
+                    data = b""
+                if sock is client:
+                    client_done = not data
+                    to_upstream += data
+                else:
+                    upstream_done = not data
+                    to_client += data
+            for sock in writable:
+                buffer = to_client if sock is client else to_upstream
+                try:
+                    sent = sock.send(buffer)
+                except _TLS_WAIT:
+                    continue
+                del buffer[:sent]
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            client.setblocking(True)
+            client.shutdown(socket.SHUT_WR)
 
 
 class PrivateUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

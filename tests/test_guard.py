@@ -10,6 +10,7 @@ framing, the report, xdist workers, and kill -9.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -28,6 +29,8 @@ import pytest
 from pytest_isolated_docker import DockerDaemon, factories
 from pytest_isolated_docker.coordination import locked, state_root
 from pytest_isolated_docker.labels import DAEMON, SESSION
+from pytest_isolated_docker.lifecycle import start_daemon
+from pytest_isolated_docker.session import session_of as session_of_config
 
 from .conftest import labelled, session_of, spawn_pytest
 from .guard_corpus import CORPUS, IMAGE, LABELS, TEST_LABEL, Answer, Api, Escape, Scene, V
@@ -37,6 +40,7 @@ CANARY_DIR = Path(f"/var/tmp/pytest-isolated-docker-guard-canaries-{os.getpid()}
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
 
 guarded = factories.docker_daemon(scope="module", backend="guarded")
+dind_upstream = factories.docker_daemon(scope="module", backend="dind", preload=[IMAGE])
 guarded_lax = factories.docker_daemon(
     scope="module", backend="guarded", guard_allow_bind=["/var/run", f"{CANARY_DIR}:ro"]
 )
@@ -624,6 +628,32 @@ def test_kill_9_of_a_guarded_session_leaves_nothing(
         time.sleep(0.2)
     with pytest.raises(docker.errors.ImageNotFound):
         host_engine.images.get("guard-crash-built:1")
+
+
+def test_the_guard_fronts_an_engine_over_tls(
+    dind_upstream: DockerDaemon, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """DOCKER_HOST=tcp://... with DOCKER_TLS_VERIFY: the guard speaks TLS to the engine (here an
+    isolated dind daemon standing in for a remote one), streams and hijacks included."""
+    session = session_of_config(request.config)
+    context = dataclasses.replace(
+        session.context,
+        settings=session.settings.replace(backend="guarded"),
+        host_environment={k: v for k, v in dind_upstream.env.items() if k.startswith("DOCKER_")},
+    )
+    daemon = start_daemon(context)
+    try:
+        client = daemon.client
+        assert client.info()["ID"] == dind_upstream.client.info()["ID"]
+        assert client.containers.run(IMAGE, ["echo", "tls"], remove=True) == b"tls\n"
+        # Both directions of a hijacked stream at once, then the end of input as a close_notify.
+        data = "".join(f"{i:08d} through TLS\n" for i in range(100_000))
+        piped = _cli(daemon, "run", "--rm", "-i", IMAGE, "cat", stdin=data)
+        assert piped.stdout == data, piped.stderr
+        with pytest.raises(docker.errors.APIError, match="rule 'privileged'"):
+            client.containers.run(IMAGE, "true", privileged=True)
+    finally:
+        assert daemon.stop() == []
 
 
 def test_unknown_answers_of_the_guard_are_json(guarded: DockerDaemon) -> None:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import docker
 import docker.errors
+import requests
 
 from ..coordination import claim_session
 from ..daemon import Endpoint, remove_objects
@@ -71,15 +72,33 @@ class BackendContext:
     def host_client(self, timeout: float = 60.0) -> docker.DockerClient:
         """A client of the host engine (DOCKER_HOST, else the default socket)."""
         try:
-            client = docker.from_env(timeout=int(timeout), environment=dict(self.host_environment))
+            client = _engine_client(dict(self.host_environment), int(timeout))
             client.ping()
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise DaemonUnavailable(
                 f"the host's Docker engine does not answer ({exc}). Start it, or point "
                 "DOCKER_HOST at a running engine; `pytest-isolated-docker doctor` checks every "
                 "backend."
             ) from exc
         return client
+
+
+def _engine_client(environment: dict[str, str], timeout: int) -> docker.DockerClient:
+    """``docker.from_env`` for ``environment``, deaf to the process's requests settings.
+
+    requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` of ``os.environ`` replace the CA of
+    ``DOCKER_CERT_PATH``, which breaks a TLS engine (``DOCKER_TLS_VERIFY``); docker-py's version
+    negotiation runs before its session can be told, so it is done here on a probe client.
+    """
+    probe = docker.from_env(timeout=timeout, environment=environment, version="1.24")
+    probe.api.trust_env = False
+    try:
+        version = probe.api.version(api_version=False)["ApiVersion"]
+    finally:
+        probe.close()
+    client = docker.from_env(timeout=timeout, environment=environment, version=version)
+    client.api.trust_env = False
+    return client
 
 
 class ReapIncomplete(Exception):
