@@ -58,4 +58,4 @@ stress: images
 	$(BIN)/python dev/stress.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache bench-results.json
+	rm -rf $(VENV) .mypy_cache .ruff_cache bench-results.json bench-results-guard.json

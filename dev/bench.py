@@ -9,7 +9,11 @@ Rows (p50/p90 over at least 5 runs each):
   (d) reset of an empty daemon and of one with 20 containers;
   (e) a session of container tests with -n 2 against -n 1;
   preload of a ~100 MB image against a raw `docker save | docker load` between the same engines;
+  (g) the guarded backend: latency each API call gains through the guard (p50 of many calls,
+      guard minus direct, same client), and `docker run --rm` through the guard against direct;
   the machine backend's rows when dev/bench_machine.py is present.
+
+BENCH_ONLY=guard runs the (g) rows alone.
 """
 
 from __future__ import annotations
@@ -313,6 +317,83 @@ def dind_daemons(count: int) -> Iterator[list[DockerDaemon]]:
             daemon.stop()
 
 
+# (g) -------------------------------------------------------------------------------------------
+API_CALLS = int(os.environ.get("BENCH_API_CALLS", "300"))
+
+
+def _paired_samples(
+    guarded: docker.APIClient, direct: docker.APIClient, path: str
+) -> tuple[list[float], list[float]]:
+    """Each call through the guard and directly, alternating, so that drift hits both alike."""
+    for api in (guarded, direct) * 20:  # warm the connections (and the guard's ownership cache)
+        api.get(api.base_url + path).raise_for_status()
+    through: list[float] = []
+    plain: list[float] = []
+    for _ in range(API_CALLS):
+        for api, samples in ((guarded, through), (direct, plain)):
+            start = time.perf_counter()
+            api.get(api.base_url + path).raise_for_status()
+            samples.append(time.perf_counter() - start)
+    return through, plain
+
+
+def guard_rows() -> list[dict[str, Any]]:
+    daemon = start_daemon(new_context(backend="guarded"))
+    direct = docker.APIClient(version=daemon.api_version, timeout=60)
+    guarded = daemon.new_client().api
+    try:
+        container = guarded.create_container(BASE_IMAGE, "sleep 300")["Id"]
+        guarded.start(container)
+        rows = []
+        for what, path in (
+            ("GET /_ping", "/_ping"),
+            ("GET /version", "/version"),
+            ("container inspect (ownership checked)", f"/containers/{container}/json"),
+            ("container list (narrowed to own)", "/containers/json?all=1"),
+        ):
+            through, plain = _paired_samples(guarded, direct, path)
+            added = statistics.median(through) - statistics.median(plain)
+            rows.append(
+                row(
+                    f"(g) guard: added latency per API call, {what}",
+                    [t - p for t, p in zip(through, plain, strict=True)],
+                    added_p50_ms=round(added * 1000, 3),
+                    direct_p50_ms=round(statistics.median(plain) * 1000, 3),
+                    target="<= 2 ms p50",
+                )
+            )
+        env = {**os.environ, **daemon.env}
+        through_run: list[float] = []
+        direct_run: list[float] = []
+        for _ in range(max(RUNS, 10)):  # interleaved, so that drift hits both alike
+            through_run.append(
+                timed(
+                    lambda: subprocess.run(
+                        ["docker", "run", "--rm", BASE_IMAGE, "true"],
+                        check=True,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                    )
+                )
+            )
+            direct_run.append(host_docker_run())
+        ratio = statistics.median(through_run) / statistics.median(direct_run)
+        rows.append(
+            row(
+                "(g) docker run --rm through the guard",
+                through_run,
+                ratio_to_direct=round(ratio, 3),
+                target="<= 1.1 x direct",
+            )
+        )
+        rows.append(row("(g) docker run --rm direct (same runs, interleaved)", direct_run))
+        return rows
+    finally:
+        direct.close()
+        guarded.close()
+        daemon.stop()
+
+
 # -----------------------------------------------------------------------------------------------
 def main() -> int:
     host = docker.from_env(timeout=600)
@@ -320,6 +401,13 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
 
     print(f"benchmarking on {os.cpu_count()} cores, {RUNS} runs per row ...", file=sys.stderr)
+    if os.environ.get("BENCH_ONLY") == "guard":
+        rows = guard_rows()
+        print_table(rows)
+        (ROOT / "bench-results-guard.json").write_text(
+            json.dumps({"runs": RUNS, "rows": rows}, indent=1)
+        )
+        return 0
     bare = [bare_dockerd_to_ping() for _ in range(RUNS)]
     run = [host_docker_run() for _ in range(RUNS)]
     floor = [b + r for b, r in zip(bare, run, strict=False)]
@@ -371,6 +459,7 @@ def main() -> int:
     )
 
     rows.extend(preload_rows(host))
+    rows.extend(guard_rows())
 
     machine_bench = ROOT / "dev" / "bench_machine.py"
     if machine_bench.exists() and os.environ.get("BENCH_MACHINE", "1") != "0":

@@ -42,8 +42,12 @@ class Whereabouts:
             self.isolated.containers.get(container)
         except docker.errors.NotFound:
             pytest.fail(f"container {container} is not in the isolated daemon: where did it run?")
-        if self.daemon.unsafe:
-            return  # the socket backend *is* the host engine: nothing more to tell apart
+        if self.daemon.on_host_engine:
+            # The socket and guarded backends *are* the host engine, behind a proxy: the container
+            # is there, and must carry the session's labels (made through the proxy).
+            labels = self.host.containers.get(container).labels
+            assert "pytest-isolated-docker.session" in labels, labels
+            return
         try:
             self.host.containers.get(container)
         except docker.errors.NotFound:
@@ -53,7 +57,7 @@ class Whereabouts:
     def assert_engine_is_isolated(self, engine_id: str) -> None:
         """``engine_id`` (``docker info``'s ID, as a tool reports it) is the isolated daemon's."""
         assert engine_id == self.isolated.info()["ID"]
-        if not self.daemon.unsafe:
+        if not self.daemon.on_host_engine:
             assert engine_id != self.host.info()["ID"]
 
 

@@ -32,6 +32,9 @@ class DaemonBackend(Protocol):
     @property
     def unsafe(self) -> bool: ...
 
+    @property
+    def host_engine(self) -> bool: ...
+
     def logs(self, tail: int) -> str: ...
 
     def details(self) -> Mapping[str, Any]: ...
@@ -238,6 +241,12 @@ class DockerDaemon:
     def unsafe(self) -> bool:
         """True when code under test can reach the host as root (the socket backend)."""
         return self._backend.unsafe
+
+    @property
+    def on_host_engine(self) -> bool:
+        """True when this "daemon" is the host's own engine behind a proxy (socket, guarded):
+        the tests' containers live in the host engine, labelled as this daemon's."""
+        return self._backend.host_engine
 
     @property
     def base_url(self) -> str:

@@ -16,10 +16,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.context
 import docker.errors
+import requests
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 TLS_VARIABLES = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
@@ -128,7 +130,27 @@ def from_environment(environment: Mapping[str, str], timeout: float = 60.0) -> d
     variables). An ``ssh://`` engine is reached through the ``ssh`` command, as the docker CLI
     reaches it: with the user's SSH configuration, agent and known hosts."""
     ssh = environment.get("DOCKER_HOST", "").startswith("ssh://")
-    return docker.from_env(timeout=int(timeout), environment=dict(environment), use_ssh_client=ssh)
+    settings: dict[str, Any] = {
+        "timeout": int(timeout),
+        "environment": dict(environment),
+        "use_ssh_client": ssh,
+    }
+    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE of os.environ replace the CA of
+    # DOCKER_CERT_PATH, which breaks a TLS engine; docker-py negotiates the API version before
+    # its session can be told, so that is done on a probe client deaf to them.
+    probe = docker.from_env(version="1.24", **settings)
+    probe.api.trust_env = False
+    try:
+        version = probe.api.version(api_version=False)["ApiVersion"]
+    except requests.exceptions.RequestException as exc:
+        raise docker.errors.DockerException(
+            f"Error while fetching server API version: {exc}"
+        ) from exc
+    finally:
+        probe.close()
+    client = docker.from_env(version=version, **settings)
+    client.api.trust_env = False
+    return client
 
 
 def client(engine: Engine, timeout: float = 60.0) -> docker.DockerClient:

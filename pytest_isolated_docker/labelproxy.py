@@ -12,44 +12,20 @@ piped through untouched in both directions.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import socket
 import socketserver
-import ssl
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
+
+from .proxying import Connector, PrivateUnixServer, connector_for, pipe_both_ways
 
 _CREATE_PATH = re.compile(rb"^/(v[0-9.]+/)?(containers|networks|volumes)/create(\?|$)")
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 16 * 1024 * 1024
 
-Connector = Callable[[], socket.socket]
-
-
-def connector_for(base_url: str, tls: ssl.SSLContext | None = None) -> Connector:
-    """A function opening a fresh connection to ``unix://PATH`` or ``tcp://HOST:PORT``."""
-    if base_url.startswith(("unix://", "http+unix://")):
-        path = base_url.split("://", 1)[1]
-
-        def connect_unix() -> socket.socket:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(path)
-            return sock
-
-        return connect_unix
-    if base_url.startswith(("tcp://", "http://", "https://")):
-        host, _, port = base_url.split("://", 1)[1].rstrip("/").rpartition(":")
-
-        def connect_tcp() -> socket.socket:
-            sock = socket.create_connection((host, int(port)))
-            return tls.wrap_socket(sock, server_hostname=host) if tls else sock
-
-        return connect_tcp
-    raise ValueError(f"cannot proxy to {base_url!r}: only unix:// and tcp:// engines are supported")
+__all__ = ["Connector", "LabelProxy", "connector_for"]
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -150,63 +126,13 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         with upstream:
             upstream.sendall(b"\r\n".join([request_line, *headers]) + b"\r\n\r\n" + body_prefix)
-            _pipe_both_ways(client, upstream)
+            pipe_both_ways(client, upstream)
 
 
-def _copy(source: socket.socket, destination: socket.socket) -> None:
-    try:
-        while True:
-            data = source.recv(65536)
-            if not data:
-                break
-            destination.sendall(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            destination.shutdown(socket.SHUT_WR)
-
-
-def _pipe_both_ways(client: socket.socket, upstream: socket.socket) -> None:
-    to_upstream = threading.Thread(target=_copy, args=(client, upstream), daemon=True)
-    to_upstream.start()
-    _copy(upstream, client)
-    # The engine has finished answering; a client still holding its side open must not keep this
-    # thread alive.
-    to_upstream.join(timeout=0.5)
-
-
-class LabelProxy(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class LabelProxy(PrivateUnixServer):
     """Serve a private unix socket (mode 0600) forwarding to an engine and labelling creations."""
 
-    daemon_threads = True
-
     def __init__(self, socket_path: Path, connect: Connector, labels: Mapping[str, str]) -> None:
-        self.socket_path = socket_path
         self.connect = connect
         self.labels = dict(labels)
-        if socket_path.exists():
-            socket_path.unlink()
-        old_umask = os.umask(0o177)
-        try:
-            super().__init__(str(socket_path), _Handler)
-        finally:
-            os.umask(old_umask)
-        self._thread = threading.Thread(
-            target=self.serve_forever, name="pytest-isolated-docker-proxy", daemon=True
-        )
-
-    @property
-    def base_url(self) -> str:
-        return f"unix://{self.socket_path}"
-
-    def start(self) -> LabelProxy:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self.shutdown()
-        self.server_close()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        super().__init__(socket_path, _Handler, "pytest-isolated-docker-proxy")

@@ -134,11 +134,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines.append(f"isolated-docker: preloading {', '.join(settings.preload)}")
     if settings.registry_mirror:
         lines.append(f"isolated-docker: registry mirrors {', '.join(settings.registry_mirror)}")
-    if backend_class(settings.backend).unsafe:
-        lines.append(
-            "isolated-docker: UNSAFE: tests use the host's own Docker engine (code under test is "
-            "root on this host)"
-        )
+    lines += backend_class(settings.backend).header_lines()
     return lines
 
 

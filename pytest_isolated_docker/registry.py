@@ -19,7 +19,7 @@ from typing import Any
 
 GROUP = "pytest_isolated_docker.backends"
 #: Shown first, in this order; other backends follow by name.
-BUILT_IN = ("dind", "socket", "machine")
+BUILT_IN = ("dind", "socket", "machine", "guarded")
 
 
 class BackendNotFound(LookupError):

@@ -89,12 +89,21 @@ class DockerSession:
             if self._watchdog is not None:
                 return
             self.claim()
+            self.context = dataclasses.replace(self.context, bind_roots=self._run_directories())
             # Tells the session's owner, at its end, that the host engine may hold leftovers.
             (self.context.session_dir / ENGINE_USED).touch()
             self._watchdog = reaper.Watchdog.start(self.identity, self.pool.environments())
             threading.Thread(
                 target=self._sweep_stale, name="pytest-isolated-docker-sweep", daemon=True
             ).start()
+
+    def _run_directories(self) -> tuple[str, ...]:
+        """pytest's basetemp (this worker's): where tests' tmp_path directories live, which a
+        backend handing out the host engine lets containers bind-mount."""
+        factory = getattr(self.config, "_tmp_path_factory", None)
+        if factory is None:
+            return ()
+        return (str(factory.getbasetemp()),)
 
     def _sweep_stale(self) -> None:
         for engine in self.pool.engines:

@@ -83,6 +83,17 @@ def _parse_text(raw: str, source: Source) -> str:
     return raw.strip()
 
 
+def _parse_allow_bind(raw: str, source: Source) -> str:
+    value = raw.strip()
+    path = value[:-3] if value.endswith((":ro", ":rw")) else value
+    if not path.startswith("/") or ":" in path:
+        raise SettingsError(
+            f"{raw!r} is not a valid value for {source}. Give an absolute host path, optionally "
+            "followed by ':ro' (read-only), for example /srv/fixtures:ro."
+        )
+    return value
+
+
 def _parse_storage(raw: str, source: Source) -> str:
     value = raw.strip()
     kind, _, size = value.partition(":")
@@ -143,8 +154,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "backend",
         "Where the tests' Docker daemon comes from: 'dind' (a daemon in a container of the host "
-        "engine, default), 'machine' (a disposable VM) or 'socket' (the host's own engine: "
-        "unsafe, needs --docker-allow-unsafe).",
+        "engine, default), 'machine' (a disposable VM), 'guarded' (the host's engine behind a "
+        "default-deny guard: own objects only) or 'socket' (the host's own engine: unsafe, needs "
+        "--docker-allow-unsafe).",
         "dind",
         _parse_choice(BACKENDS),
         choices=BACKENDS,
@@ -262,6 +274,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
         metavar="URL",
     ),
     OptionSpec(
+        "guard_allow_bind",
+        "Host directory that containers may bind-mount through the guarded backend, besides "
+        "pytest's basetemp (repeatable; PATH:ro for read-only; comma-separated in the "
+        "environment).",
+        (),
+        _parse_allow_bind,
+        is_list=True,
+        metavar="PATH[:ro]",
+    ),
+    OptionSpec(
         "pull_through_cache",
         "Run one caching registry mirror per host (Debian's docker-registry, storage in the user "
         "cache) and hand it to every isolated daemon, so public images are fetched once per host.",
@@ -311,6 +333,7 @@ class Settings:
     vm_boot: str = "snapshot"
     preload: tuple[str, ...] = ()
     registry_mirror: tuple[str, ...] = ()
+    guard_allow_bind: tuple[str, ...] = ()
     pull_through_cache: bool = False
     pull_through_upstream: str = "https://registry-1.docker.io"
     engine: tuple[str, ...] = ()

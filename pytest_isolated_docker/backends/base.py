@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import docker
 import docker.errors
+import requests
 
 from .. import engines
 from ..coordination import claim_session
@@ -50,11 +51,15 @@ class BackendContext:
 
     ``engine`` is the host engine as found when the session began: a test that later points
     DOCKER_HOST at its isolated daemon must not make the next daemon start in there.
+    ``bind_roots`` are the run's temporary directories (see the field).
     """
 
     settings: Settings
     identity: Identity
     engine: Engine = field(default_factory=engine_now)
+    #: Directories of this run that containers may bind-mount from the host (pytest's basetemp):
+    #: a backend handing out the host engine allows binds from these and nowhere else unasked.
+    bind_roots: tuple[str, ...] = ()
 
     @property
     def host_environment(self) -> dict[str, str]:
@@ -101,7 +106,7 @@ class BackendContext:
         try:
             client = engines.client(self.engine, timeout)
             client.ping()
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             if "paramiko" in str(exc):
                 raise DaemonUnavailable(
                     f"the engine {self.engine.describe()} is an ssh:// engine, which docker-py "
@@ -146,6 +151,9 @@ class Backend(abc.ABC):
     unsafe: ClassVar[bool] = False
     #: True when one daemon can serve several processes (``share_state``/``attach``).
     shareable: ClassVar[bool] = False
+    #: True when the daemon is the host's own engine behind a proxy: what the tests make lives
+    #: there, and the engine's ID is the host engine's.
+    host_engine: ClassVar[bool] = False
 
     def __init__(self, context: BackendContext) -> None:
         self.context = context
@@ -181,6 +189,16 @@ class Backend(abc.ABC):
             context.host_client().close()
         except DaemonUnavailable as exc:
             return [str(exc)]
+        return []
+
+    @classmethod
+    def header_lines(cls) -> list[str]:
+        """Lines this backend adds to pytest's report header."""
+        if cls.unsafe:
+            return [
+                "isolated-docker: UNSAFE: tests use the host's own Docker engine (code under test "
+                "is root on this host)"
+            ]
         return []
 
     @classmethod

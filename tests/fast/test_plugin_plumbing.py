@@ -171,7 +171,7 @@ def test_an_unregistered_backend_is_a_usage_error_naming_the_registered_ones(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["*'nope' is not a valid value for command-line option --docker-backend. "
-         "Valid values: dind, socket, machine, fake.*"]
+         "Valid values: dind, socket, machine, guarded, fake.*"]
     )  # fmt: skip
 
 

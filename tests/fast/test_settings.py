@@ -56,7 +56,7 @@ def test_bad_choice_names_value_source_and_choices() -> None:
     message = str(error.value)
     assert "'bogus'" in message
     assert "environment variable PYTEST_DOCKER_BACKEND" in message
-    assert "dind, socket, machine" in message
+    assert "dind, socket, machine, guarded" in message
 
 
 @pytest.mark.parametrize("raw", ["abc", "0", "-3", "inf", "nan"])
@@ -94,7 +94,7 @@ def test_bogus_backend_flag_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(
         [
             "*'bogus' is not a valid value for command-line option --docker-backend*"
-            "Valid values: dind, socket, machine.*"
+            "Valid values: dind, socket, machine, guarded.*"
         ]
     )
 
@@ -106,7 +106,7 @@ def test_bogus_backend_env_names_the_variable(
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["*environment variable PYTEST_DOCKER_BACKEND*dind, socket, machine*"]
+        ["*environment variable PYTEST_DOCKER_BACKEND*dind, socket, machine, guarded*"]
     )
 
 
@@ -167,6 +167,11 @@ PRECEDENCE: dict[str, tuple[tuple[Any, Any], tuple[str, Any], tuple[Any, Any]]] 
         (["http://f"], ("http://f",)),
         ("http://e", ("http://e",)),
         (["http://i"], ("http://i",)),
+    ),
+    "guard_allow_bind": (
+        (["/f", "/g:ro"], ("/f", "/g:ro")),
+        ("/e,/e2:ro", ("/e", "/e2:ro")),
+        (["/i"], ("/i",)),
     ),
     "pull_through_cache": ((True, True), ("no", False), ("yes", True)),
     "pull_through_upstream": (
@@ -321,7 +326,7 @@ def test_bad_seconds_name_value_and_source(
 # ---- choices: every message names the value, its source and the valid values -----------------
 
 CHOICES = {
-    "backend": "dind, socket, machine",
+    "backend": "dind, socket, machine, guarded",
     "unavailable": "error, skip",
     "scope": "worker, session",
     "reset": "test, never",
