@@ -37,7 +37,7 @@ typecheck: $(BIN)/.installed
 # run (-p no:isolated_docker): loaded, it sweeps the host engine at the start and end of every
 # session. PYTEST_ARGS (--docker-* options) are for the engine suite and are not passed here.
 unit-fast: $(BIN)/.installed
-	$(BIN)/pytest tests/fast -p no:randomly -p no:isolated_docker -q
+	$(BIN)/pytest tests/fast -n 2 -p no:randomly -p no:isolated_docker -q
 
 # The engine suite: real daemons (tests/fast ran in unit-fast).
 unit: images
@@ -48,8 +48,11 @@ unit: images
 docs: $(BIN)/.installed
 	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
 
+# The examples as a user runs them (dind), then through the guard (examples/test_host_mount.py
+# expects the guard's refusal there).
 test: lint typecheck unit-fast docs unit
 	$(BIN)/pytest examples $(PYTEST_ARGS)
+	$(BIN)/pytest examples --docker-backend=guarded $(PYTEST_ARGS)
 
 bench: images
 	$(BIN)/python dev/bench.py
