@@ -13,12 +13,13 @@ Rows (p50/p90 over at least 5 runs each):
       guard minus direct, same client), and `docker run --rm` through the guard against direct;
   the machine backend's rows when dev/bench_machine.py is present.
 
-BENCH_ONLY=guard runs the (g) rows alone.
+BENCH_ONLY=guard runs the (g) rows alone, BENCH_ONLY=engines the (h) rows (remote engines).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pytest_isolated_docker.backends import BackendContext
 from pytest_isolated_docker.backends.dind import CAPABILITY_RECIPE
 from pytest_isolated_docker.daemon import DockerDaemon
+from pytest_isolated_docker.engines import Engine
 from pytest_isolated_docker.images import preload
 from pytest_isolated_docker.labels import Identity, new_session_id
 from pytest_isolated_docker.lifecycle import start_daemon
@@ -130,6 +132,12 @@ def host_docker_run() -> float:
 
 
 # (b) -------------------------------------------------------------------------------------------
+def timed_dind() -> float:
+    seconds, daemon = dind_ready()
+    daemon.stop()
+    return seconds
+
+
 def dind_ready() -> tuple[float, DockerDaemon]:
     context = new_context()
     start = time.perf_counter()
@@ -394,6 +402,38 @@ def guard_rows() -> list[dict[str, Any]]:
         daemon.stop()
 
 
+# (h) -------------------------------------------------------------------------------------------
+def engine_rows(host: docker.DockerClient, local: list[float]) -> list[dict[str, Any]]:
+    """The dind backend on another machine's engine (a network namespace with its own dockerd,
+    as the tests make them), over TCP and through SSH, against the local engine's (b)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.netns_hosts import netns_host
+
+    image = settings_for_bench().dind_image
+    rows: list[dict[str, Any]] = []
+    with netns_host([image, BASE_IMAGE], host, ssh=True) as remote:
+        os.environ["PATH"] = f"{remote.ssh_path}{os.pathsep}{os.environ['PATH']}"
+        for kind, url in (("tcp", remote.url), ("ssh", remote.ssh_url)):
+            engine = Engine(url, "bench")
+            samples = []
+            for _ in range(RUNS):
+                context = dataclasses.replace(new_context(), engine=engine)
+                start = time.perf_counter()
+                daemon = start_daemon(context)
+                daemon.client.ping()
+                samples.append(time.perf_counter() - start)
+                daemon.stop()
+            rows.append(
+                row(
+                    f"(h) dind backend on a remote {kind} engine: request to ready client",
+                    samples,
+                    target="<= 2 x (b)",
+                    ratio_to_local=round(statistics.median(samples) / statistics.median(local), 3),
+                )
+            )
+    return rows
+
+
 # -----------------------------------------------------------------------------------------------
 def main() -> int:
     host = docker.from_env(timeout=600)
@@ -401,6 +441,11 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
 
     print(f"benchmarking on {os.cpu_count()} cores, {RUNS} runs per row ...", file=sys.stderr)
+    if os.environ.get("BENCH_ONLY") == "engines":
+        local = [timed_dind() for _ in range(RUNS)]
+        rows = [row("(b) dind backend: request to ready client", local), *engine_rows(host, local)]
+        print_table(rows)
+        return 0
     if os.environ.get("BENCH_ONLY") == "guard":
         rows = guard_rows()
         print_table(rows)
@@ -458,6 +503,7 @@ def main() -> int:
         )
     )
 
+    rows.extend(engine_rows(host, dind))
     rows.extend(preload_rows(host))
     rows.extend(guard_rows())
 

@@ -61,6 +61,10 @@ Host *
     StrictHostKeyChecking no
     UserKnownHostsFile /dev/null
     LogLevel ERROR
+    # One SSH connection shared by every request (docker-py opens one per request otherwise).
+    ControlMaster auto
+    ControlPath {directory}/cm-%C
+    ControlPersist 30
 """
 
 

@@ -115,7 +115,8 @@ def test_a_remote_engine_without_images_gets_them_from_this_machine(
 
 @pytest.fixture(scope="module")
 def second_remote(host_engine: docker.DockerClient) -> collections.abc.Iterator[NetnsHost]:
-    with netns_host([DIND_IMAGE, "debian:bookworm-slim"], host_engine) as host:
+    """Another machine, whose engine is also reachable through SSH (``ssh_url``)."""
+    with netns_host([DIND_IMAGE, "debian:bookworm-slim"], host_engine, ssh=True) as host:
         yield host
 
 
@@ -148,8 +149,13 @@ def test_a_pool_of_two_engines_gets_two_daemons_each_and_is_cleaned(
 
 
 def test_kill_9_of_a_pool_run_leaves_nothing_on_any_engine(
-    pytester: pytest.Pytester, remote: NetnsHost, second_remote: NetnsHost
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    remote: NetnsHost,
+    second_remote: NetnsHost,
 ) -> None:
+    """A pool of a TCP and an SSH engine: the killed run's watchdogs clean both."""
+    monkeypatch.setenv("PATH", f"{second_remote.ssh_path}:{os.environ['PATH']}")
     pytester.makepyfile(
         "import pathlib, time\n"
         "def test_slow(docker_client, worker_id):\n"
@@ -161,7 +167,7 @@ def test_kill_9_of_a_pool_run_leaves_nothing_on_any_engine(
     )
     process = spawn_pytest(
         pytester.path, "-n", "2", "--docker-engine", remote.url,
-        "--docker-engine", second_remote.url,
+        "--docker-engine", second_remote.ssh_url,
     )  # fmt: skip
     try:
         session = _header_session(process)

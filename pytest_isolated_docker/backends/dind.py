@@ -456,7 +456,10 @@ class DindBackend(Backend):
         hosts, as for the engine itself); return the local port."""
         machine = self._machine
         local = free_port()
+        # A connection of its own (never a shared ControlMaster's, which would keep the forward
+        # after this process exits): the tunnel lives exactly as long as this process.
         command = ["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes"]
+        command += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
         command += ["-L", f"127.0.0.1:{local}:127.0.0.1:{remote_port}"]
         command += ["-l", machine.user] if machine.user else []
         command += ["-p", str(machine.port)] if machine.port else []
