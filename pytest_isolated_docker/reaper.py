@@ -200,8 +200,10 @@ def unproven_sessions(client: docker.DockerClient) -> list[str]:
 def _engine(environment: Mapping[str, str] | None) -> docker.DockerClient | None:
     """A client of the host engine if it answers now, else None."""
     try:
-        client = engines.from_environment(environment or os.environ, timeout=30)
-    except docker.errors.DockerException:
+        if environment is None:
+            environment = engines.resolve().environment()
+        client = engines.from_environment(environment, timeout=30)
+    except (docker.errors.DockerException, engines.EngineNotFound):
         return None
     try:
         client.ping()
@@ -361,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     watch.add_argument("--worker", required=True)
     watch.add_argument("--pid", type=int, required=True)
     args = parser.parse_args(argv)
-    environments = json.loads(os.environ.get(ENGINES_VARIABLE, "[]")) or [dict(os.environ)]
+    environments = json.loads(os.environ.get(ENGINES_VARIABLE, "[]")) or [
+        engines.resolve().environment()
+    ]
     return _watch(Identity(args.session, args.worker, args.pid), environments)
 
 
