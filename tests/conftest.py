@@ -7,13 +7,14 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import docker
 import pytest
 
 from pytest_isolated_docker.backends import describe_objects
-from pytest_isolated_docker.labels import SESSION
+from pytest_isolated_docker.labels import ROLE, SESSION
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +58,30 @@ def session_of(output: str) -> str:
         if line.startswith("isolated-docker: backend="):
             return line.rsplit("session=", 1)[1].strip()
     raise AssertionError(f"no isolated-docker header in:\n{output}")
+
+
+def header_session(process: subprocess.Popen[bytes]) -> str:
+    """The session id from the report header of a spawned run (its first lines)."""
+    assert process.stdout is not None
+    for _, raw in zip(range(10), process.stdout, strict=False):
+        line = raw.decode()
+        if line.startswith("isolated-docker: backend="):
+            return line.rsplit("session=", 1)[1].strip()
+    process.kill()
+    raise AssertionError("pytest printed no isolated-docker header")
+
+
+def dind_starts(engine: docker.DockerClient, session: str, since: float) -> int:
+    """How many dind containers the session started on ``engine``, by the engine's own events
+    (a privileged attempt the engine refuses is created, never started)."""
+    events = engine.events(
+        since=int(since),
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={
+            "type": "container",
+            "event": "start",
+            "label": [f"{SESSION}={session}", f"{ROLE}=dind"],
+        },
+    )
+    return sum(1 for _ in events)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+import filelock
 
 # Runs in a mount namespace of its own: /etc/docker is the host's own, and for SSH sessions the
 # machine's engine is at /var/run/docker.sock (where `docker system dial-stdio` looks for it).
@@ -139,9 +140,7 @@ def netns_host(
     Its files live in a short directory under /tmp: containerd's socket path inside it must fit
     the 108 bytes of a unix socket address.
     """
-    index = secrets.randbelow(200) + 20
     name = f"pid-test-{secrets.token_hex(3)}"
-    outside, inside = f"10.231.{index}.1", f"10.231.{index}.2"
     veth = f"v{name[-6:]}"
     directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/tmp"))
     for sub in ("etc-docker", "data", "exec"):
@@ -150,7 +149,15 @@ def netns_host(
     process: subprocess.Popen[bytes] | None = None
     try:
         _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
-        _run("ip", "addr", "add", f"{outside}/24", "dev", veth)
+        # A subnet no other test host uses, chosen and taken under one lock (hosts are made by
+        # several test processes at once).
+        with filelock.FileLock("/tmp/pytest-isolated-docker-netns-hosts.lock"):
+            used = subprocess.run(
+                ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True
+            ).stdout
+            index = next(n for n in range(20, 250) if f" 10.231.{n}.1/" not in used)
+            outside, inside = f"10.231.{index}.1", f"10.231.{index}.2"
+            _run("ip", "addr", "add", f"{outside}/24", "dev", veth)
         _run("ip", "link", "set", veth, "up")
         for command in (
             ["ip", "addr", "add", f"{inside}/24", "dev", "eth0"],

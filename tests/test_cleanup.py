@@ -17,7 +17,7 @@ import pytest
 from pytest_isolated_docker.coordination import claim_session, release_session, state_root
 from pytest_isolated_docker.labels import HOST, PID, SESSION, host_id
 
-from .conftest import labelled, spawn_pytest
+from .conftest import header_session, labelled, spawn_pytest
 
 SLOW_TEST = """
 import time
@@ -39,17 +39,6 @@ def _wait_for(condition: object, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def _session_from_header(process: subprocess.Popen[bytes]) -> str:
-    """The session id from the report header, the first lines pytest prints."""
-    assert process.stdout is not None
-    for _, raw in zip(range(10), process.stdout, strict=False):
-        line = raw.decode()
-        if line.startswith("isolated-docker: backend="):
-            return line.rsplit("session=", 1)[1].strip()
-    process.kill()
-    raise AssertionError("pytest printed no isolated-docker header")
-
-
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["no-xdist", "xdist"])
 def test_kill_9_leaves_nothing_behind(
     pytester: pytest.Pytester, host_engine: docker.DockerClient, workers: list[str]
@@ -58,7 +47,7 @@ def test_kill_9_leaves_nothing_behind(
     process = spawn_pytest(
         pytester.path, "-p", "no:randomly", "--docker-preload", "debian:bookworm-slim", *workers
     )
-    session = _session_from_header(process)
+    session = header_session(process)
     try:
         _wait_for(lambda: (pytester.path / "started").exists(), 120, "the test to start")
         assert labelled(host_engine, session), "the run should have made labelled objects"
@@ -80,7 +69,7 @@ def test_keyboard_interrupt_during_startup(
 ) -> None:
     pytester.makepyfile("def test_one(docker_client):\n    pass\n")
     process = spawn_pytest(pytester.path, "--docker-preload", "debian:bookworm-slim")
-    session = _session_from_header(process)
+    session = header_session(process)
     _wait_for(lambda: labelled(host_engine, session) != [], 60, "the dind container")
     process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=120)[0].decode(errors="replace")
@@ -211,7 +200,7 @@ def test_a_session_in_its_own_pid_namespace_survives_another_sessions_start(
     (first_dir / "test_waiting.py").write_text(WAITING_TEST)
     first = _spawn_in_pid_namespace(first_dir, "--docker-preload", "debian:bookworm-slim")
     try:
-        session = _session_from_header(first)
+        session = header_session(first)
         _wait_for(lambda: (first_dir / "started").exists(), 120, "the first run's test")
         made = _lasting(host_engine, session)
         assert any("dind" in o for o in made), made
@@ -254,7 +243,7 @@ def test_a_session_of_another_runtime_dir_is_swept_only_when_its_heartbeat_expir
         env=env,
     )
     try:
-        session = _session_from_header(process)
+        session = header_session(process)
         _wait_for(lambda: (other / "started").exists(), 120, "the other run's test")
         made = labelled(host_engine, session)
         assert made

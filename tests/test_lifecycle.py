@@ -7,7 +7,7 @@ import time
 import docker
 import pytest
 
-from .conftest import labelled, session_of
+from .conftest import dind_starts, labelled, session_of
 
 DOCKER_AND_PLAIN_TESTS = """
 def test_docker(docker_client):
@@ -19,24 +19,6 @@ def test_plain_one():
 def test_plain_two():
     pass
 """
-
-
-def _dind_starts(host: docker.DockerClient, session: str, since: float) -> int:
-    """How many dind containers the session created (the engine's events, not our own report)."""
-    events = host.events(
-        since=int(since),
-        until=int(time.time()) + 1,
-        decode=True,
-        filters={
-            "type": "container",
-            "event": "create",
-            "label": [
-                f"pytest-isolated-docker.session={session}",
-                "pytest-isolated-docker.role=dind",
-            ],
-        },
-    )
-    return sum(1 for _ in events)
 
 
 def _run(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, float]:
@@ -51,7 +33,7 @@ def test_collect_only_starts_no_daemon(
     result, since = _run(pytester, "--collect-only")
     assert result.ret == 0
     session = session_of(result.stdout.str())
-    assert _dind_starts(host_engine, session, since) == 0
+    assert dind_starts(host_engine, session, since) == 0
     assert labelled(host_engine, session) == []
 
 
@@ -61,7 +43,7 @@ def test_deselecting_every_docker_test_starts_no_daemon(
     pytester.makepyfile(DOCKER_AND_PLAIN_TESTS)
     result, since = _run(pytester, "-k", "plain")
     result.assert_outcomes(passed=2, deselected=1)
-    assert _dind_starts(host_engine, session_of(result.stdout.str()), since) == 0
+    assert dind_starts(host_engine, session_of(result.stdout.str()), since) == 0
 
 
 def test_two_workers_and_one_docker_test_start_one_daemon(
@@ -71,7 +53,7 @@ def test_two_workers_and_one_docker_test_start_one_daemon(
     result, since = _run(pytester, "-n", "2")
     result.assert_outcomes(passed=3)
     session = session_of(result.stdout.str())
-    assert _dind_starts(host_engine, session, since) == 1
+    assert dind_starts(host_engine, session, since) == 1
     assert labelled(host_engine, session) == []
 
 
@@ -141,7 +123,7 @@ def test_factory_gives_each_module_its_own_daemon(
     result.assert_outcomes(passed=6)
     session = session_of(result.stdout.str())
     # The worker's daemon and one per module: three dind containers in all.
-    assert _dind_starts(host_engine, session, since) == 3
+    assert dind_starts(host_engine, session, since) == 3
     result.stdout.fnmatch_lines(["*module_daemon (module)*", "*module_daemon (module)*"])
     assert labelled(host_engine, session) == []
 

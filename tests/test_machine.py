@@ -10,7 +10,6 @@ output formats and gives a real dockerd; a test against the real binary runs whe
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import re
@@ -29,7 +28,7 @@ import pytest
 from pytest_isolated_docker.coordination import cache_dir, state_root
 from pytest_isolated_docker.images import build_vm_image
 
-from .conftest import spawn_pytest
+from .conftest import header_session, spawn_pytest
 
 STANDINS = Path(__file__).parent / "standins"
 PRELOAD = "--docker-preload=debian:bookworm-slim"
@@ -282,7 +281,7 @@ def test_snapshot_is_made_once_and_a_killed_build_leaves_nothing(
     args = ("--docker-backend=machine", f"--docker-vm-image={image}", STARTUP)
 
     process = spawn_pytest(pytester.path, *args)
-    session = _header_session(process)
+    session = header_session(process)
     deadline = time.monotonic() + 120
     while not list(snapshots.glob("*.build-*")):
         assert time.monotonic() < deadline, "no snapshot build started"
@@ -386,7 +385,7 @@ def test_kill_9_during_a_docker_machine_session_removes_the_machine(
     process = spawn_pytest(
         pytester.path, "--docker-backend=machine", "--docker-machine-driver=standin-dind", STARTUP
     )
-    session = _header_session(process)
+    session = header_session(process)
     try:
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT
         while not (pytester.path / "started").exists():
@@ -467,22 +466,12 @@ def _wait_for_vm(session: str, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
-def _header_session(process: subprocess.Popen[bytes]) -> str:
-    assert process.stdout is not None
-    for raw in itertools.islice(process.stdout, 10):
-        match = re.search(r"isolated-docker: backend=\S+ .*session=(\S+)", raw.decode())
-        if match:
-            return match.group(1)
-    process.kill()
-    raise AssertionError("pytest printed no isolated-docker header")
-
-
 def test_ctrl_c_while_the_vm_boots_leaves_nothing(
     pytester: pytest.Pytester, vm_image: Path
 ) -> None:
     pytester.makepyfile(NEEDS_DAEMON)
     process = spawn_pytest(pytester.path, "--docker-backend=machine", STARTUP)
-    session = _header_session(process)
+    session = header_session(process)
     _wait_for_vm(session)
     process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=SUBPROCESS_TIMEOUT)[0].decode(errors="replace")
@@ -497,7 +486,7 @@ def test_kill_9_while_the_vm_boots_takes_the_vm_down(
     removes the per-VM directory."""
     pytester.makepyfile(NEEDS_DAEMON)
     process = spawn_pytest(pytester.path, "--docker-backend=machine", STARTUP)
-    session = _header_session(process)
+    session = header_session(process)
     _wait_for_vm(session)
     process.kill()
     process.communicate()

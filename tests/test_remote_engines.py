@@ -11,7 +11,7 @@ import time
 import docker
 import pytest
 
-from .conftest import labelled, session_of, spawn_pytest
+from .conftest import dind_starts, header_session, labelled, session_of, spawn_pytest
 from .netns_hosts import NetnsHost, available, netns_host
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
@@ -170,7 +170,7 @@ def test_kill_9_of_a_pool_run_leaves_nothing_on_any_engine(
         "--docker-engine", second_remote.ssh_url,
     )  # fmt: skip
     try:
-        session = _header_session(process)
+        session = header_session(process)
         deadline = time.monotonic() + 120
         while len(list(pytester.path.glob("started-*"))) < 2:
             assert time.monotonic() < deadline, "the tests did not start"
@@ -189,15 +189,6 @@ def test_kill_9_of_a_pool_run_leaves_nothing_on_any_engine(
                 time.sleep(0.2)
 
 
-def _header_session(process: subprocess.Popen[bytes]) -> str:
-    assert process.stdout is not None
-    for _, raw in zip(range(10), process.stdout, strict=False):
-        line = raw.decode()
-        if line.startswith("isolated-docker: backend="):
-            return line.rsplit("session=", 1)[1].strip()
-    raise AssertionError("pytest printed no isolated-docker header")
-
-
 def test_a_pool_engine_where_nothing_listens_is_named_within_seconds(
     pytester: pytest.Pytester, remote: NetnsHost
 ) -> None:
@@ -210,25 +201,6 @@ def test_a_pool_engine_where_nothing_listens_is_named_within_seconds(
     assert time.monotonic() - started < 15
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*engine at {dead} (found by --docker-engine) does not answer*"])
-
-
-def _dind_starts(client: docker.DockerClient, session: str, since: float) -> int:
-    """Dind containers the session started on ``client``'s engine (a privileged attempt the
-    engine refuses is created, not started)."""
-    events = client.events(
-        since=int(since),
-        until=int(time.time()) + 1,
-        decode=True,
-        filters={
-            "type": "container",
-            "event": "start",
-            "label": [
-                f"pytest-isolated-docker.session={session}",
-                "pytest-isolated-docker.role=dind",
-            ],
-        },
-    )
-    return sum(1 for _ in events)
 
 
 def test_a_pool_of_a_tcp_and_an_ssh_engine_without_images(
@@ -252,7 +224,7 @@ def test_a_pool_of_a_tcp_and_an_ssh_engine_without_images(
         counts = {}
         for host in (tcp_host, ssh_host):
             with contextlib.closing(host.client()) as client:
-                counts[host.url] = _dind_starts(client, session, since)
+                counts[host.url] = dind_starts(client, session, since)
                 assert labelled(client, session) == []
         assert counts == {tcp_host.url: 2, ssh_host.url: 2}, result.stdout.str()
         tunnels = subprocess.run(
