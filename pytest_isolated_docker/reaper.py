@@ -169,10 +169,13 @@ def sweep(client: docker.DockerClient | None, dry_run: bool = False) -> list[str
     if client is not None:
         for session, hosts in sorted(_engine_sessions(client).items()):
             directory = sessions_root() / session
+            local = hosts == {host_id()}
+            # Each kind of proof is gathered only where it counts (the engine is asked about
+            # heartbeats only for sessions of other runtime directories).
             evidence = Evidence(
-                local=hosts == {host_id()},
-                holders_alive=directory.is_dir() and session_alive(directory),
-                heartbeat_age=heartbeat_age(client, session),
+                local=local,
+                holders_alive=local and directory.is_dir() and session_alive(directory),
+                heartbeat_age=None if local else heartbeat_age(client, session),
             )
             if proven_dead(evidence):
                 dead_dirs.pop(session, None)
