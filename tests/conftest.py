@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 
-from pytest_isolated_docker.backends import describe_objects
-from pytest_isolated_docker.labels import ROLE, SESSION
+from pytest_isolated_docker.backends import BackendContext, describe_objects
+from pytest_isolated_docker.daemon import DockerDaemon
+from pytest_isolated_docker.labels import ROLE, SESSION, Identity, new_session_id
+from pytest_isolated_docker.lifecycle import start_daemon
+from pytest_isolated_docker.settings import resolve
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +90,15 @@ def dind_starts(engine: docker.DockerClient, session: str, since: float) -> int:
         },
     )
     return sum(1 for _ in events)
+
+
+@contextlib.contextmanager
+def api_daemon(**flags: Any) -> collections.abc.Iterator[DockerDaemon]:
+    """A dind daemon started through the engine API, without pytest's plugin layer, with
+    ``flags`` as command-line values; it must stop leaving nothing behind."""
+    settings = resolve(flags, os.environ, {})
+    started = start_daemon(BackendContext(settings, Identity(new_session_id(), "tests")))
+    try:
+        yield started
+    finally:
+        assert started.stop() == []

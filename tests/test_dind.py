@@ -16,13 +16,9 @@ import docker
 import pytest
 import requests
 
-from pytest_isolated_docker.backends import BackendContext
 from pytest_isolated_docker.daemon import DockerDaemon
-from pytest_isolated_docker.labels import Identity, new_session_id
-from pytest_isolated_docker.lifecycle import start_daemon
-from pytest_isolated_docker.settings import resolve
 
-from .conftest import labelled, session_of
+from .conftest import api_daemon, labelled, session_of
 
 RECORDING_TESTS = """
 import os, pathlib
@@ -46,12 +42,8 @@ def test_gone_in_the_next_test(docker_client):
 @pytest.fixture(scope="module")
 def daemon() -> collections.abc.Iterator[DockerDaemon]:
     """A dind daemon started through the engine API, without pytest's plugin layer."""
-    settings = resolve({"preload": ["debian:bookworm-slim"]}, os.environ, {})
-    started = start_daemon(BackendContext(settings, Identity(new_session_id(), "tests")))
-    try:
+    with api_daemon(preload=["debian:bookworm-slim"]) as started:
         yield started
-    finally:
-        assert started.stop() == []
 
 
 def test_two_workers_get_two_daemons_and_tests_are_isolated(

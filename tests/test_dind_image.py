@@ -18,7 +18,6 @@ from pathlib import Path
 import docker
 import pytest
 
-from pytest_isolated_docker.backends import BackendContext
 from pytest_isolated_docker.backends.dind import (
     PRIVILEGE_MEMO_TTL,
     PRIVILEGED_REFUSED_HINTS,
@@ -29,9 +28,8 @@ from pytest_isolated_docker.backends.dind import (
     write_privilege_memo,
 )
 from pytest_isolated_docker.daemon import DockerDaemon
-from pytest_isolated_docker.labels import Identity, new_session_id
-from pytest_isolated_docker.lifecycle import start_daemon
-from pytest_isolated_docker.settings import resolve
+
+from .conftest import api_daemon
 
 ENGINE = EngineFacts("AAAA:BBBB:CCCC", "20.10.24+dfsg1", "6.1.0-13-amd64")
 T0 = 1_800_000_000.0
@@ -40,12 +38,8 @@ T0 = 1_800_000_000.0
 @pytest.fixture(scope="module")
 def daemon() -> collections.abc.Iterator[DockerDaemon]:
     """A dind daemon started through the engine API, without pytest's plugin layer."""
-    settings = resolve({"preload": ["debian:bookworm-slim"]}, os.environ, {})
-    started = start_daemon(BackendContext(settings, Identity(new_session_id(), "tests")))
-    try:
+    with api_daemon(preload=["debian:bookworm-slim"]) as started:
         yield started
-    finally:
-        assert started.stop() == []
 
 
 @contextlib.contextmanager
@@ -159,12 +153,8 @@ def test_a_refusal_is_memoised_for_this_engine(host_engine: docker.DockerClient)
     path = privilege_memo_path(EngineFacts.of(host_engine))
     with memo_set_aside(path):
         path.unlink(missing_ok=True)
-        settings = resolve({"dind_privileged": "auto"}, os.environ, {})
-        started = start_daemon(BackendContext(settings, Identity(new_session_id(), "tests")))
-        try:
+        with api_daemon(dind_privileged="auto") as started:
             mode = started.describe()["mode"]
-        finally:
-            assert started.stop() == []
         memo = read_privilege_memo(EngineFacts.of(host_engine))
         if mode == "privileged":
             assert memo is None

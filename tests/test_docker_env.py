@@ -23,12 +23,10 @@ from pathlib import Path
 import pytest
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
-from pytest_isolated_docker.backends import BackendContext
 from pytest_isolated_docker.daemon import DockerDaemon, Endpoint
-from pytest_isolated_docker.labels import Identity, new_session_id
-from pytest_isolated_docker.lifecycle import start_daemon
-from pytest_isolated_docker.settings import resolve
 from pytest_isolated_docker.tls import CA_BUNDLE_VARIABLES, CertificateAuthority, ClientTLS
+
+from .conftest import api_daemon
 
 ENGINE_ID = "import docker; print(docker.from_env().info()['ID'])"
 PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
@@ -55,12 +53,8 @@ def user_bundle(tmp_path_factory: pytest.TempPathFactory, other_ca: CertificateA
 @pytest.fixture(scope="module")
 def daemon() -> collections.abc.Iterator[DockerDaemon]:
     """A dind daemon started through the engine API, without pytest's plugin layer."""
-    settings = resolve({}, os.environ, {})
-    started = start_daemon(BackendContext(settings, Identity(new_session_id(), "tests")))
-    try:
+    with api_daemon() as started:
         yield started
-    finally:
-        assert started.stop() == []
 
 
 @pytest.fixture(scope="module")

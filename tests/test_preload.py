@@ -10,12 +10,7 @@ import time
 import docker
 import pytest
 
-from pytest_isolated_docker.backends import BackendContext
-from pytest_isolated_docker.labels import Identity, new_session_id
-from pytest_isolated_docker.lifecycle import start_daemon
-from pytest_isolated_docker.settings import resolve
-
-from .conftest import labelled, session_of
+from .conftest import api_daemon, labelled, session_of
 
 # One tag per xdist worker of this suite: each worker's module fixture builds and removes its own.
 LOCAL_IMAGE = f"local/thing-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}:1"
@@ -96,10 +91,8 @@ def test_an_image_under_several_names_is_streamed_once(host_engine: docker.Docke
     """Two tags of one image: one load into the daemon (its own events say so), both tags there."""
     alias = f"local/alias-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}:1"
     host_engine.images.get("debian:bookworm-slim").tag(alias)
-    settings = resolve({"preload": ["debian:bookworm-slim", alias]}, os.environ, {})
     try:
-        daemon = start_daemon(BackendContext(settings, Identity(new_session_id(), "tests")))
-        try:
+        with api_daemon(preload=["debian:bookworm-slim", alias]) as daemon:
             events = daemon.client.api.events(
                 since=0, until=int(time.time()) + 1, decode=True, filters={"type": "image"}
             )
@@ -107,7 +100,5 @@ def test_an_image_under_several_names_is_streamed_once(host_engine: docker.Docke
             assert actions.count("load") == 1, actions
             tags = daemon.client.images.get(alias).tags
             assert set(tags) >= {"debian:bookworm-slim", alias}
-        finally:
-            assert daemon.stop() == []
     finally:
         host_engine.images.remove(alias)
