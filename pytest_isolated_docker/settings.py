@@ -266,6 +266,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
         metavar="IMAGE",
     ),
     OptionSpec(
+        "preload_mode",
+        "How preloaded images get into a daemon: 'template' (default) starts each daemon from a "
+        "data root made once per host and preload set, whose image layers are mounted read-only "
+        "(dind; other backends stream); 'stream' loads them into each daemon (docker save | "
+        "docker load).",
+        "template",
+        _parse_choice(("template", "stream")),
+        choices=("template", "stream"),
+    ),
+    OptionSpec(
         "registry_mirror",
         "Registry mirror URL handed to the isolated daemons (repeatable).",
         (),
@@ -332,6 +342,7 @@ class Settings:
     vm_image: str = ""
     vm_boot: str = "snapshot"
     preload: tuple[str, ...] = ()
+    preload_mode: str = "template"
     registry_mirror: tuple[str, ...] = ()
     guard_allow_bind: tuple[str, ...] = ()
     pull_through_cache: bool = False

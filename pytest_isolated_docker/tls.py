@@ -105,6 +105,11 @@ def server_archive(
         ("key.pem", server.key, 0o600),
         *((name, data, 0o644) for name, data in extra),
     ]
+    return file_archive(members, prefix)
+
+
+def file_archive(members: Sequence[tuple[str, bytes, int]], prefix: str = "") -> bytes:
+    """A tar of ``(name, content, mode)`` files, each name under ``prefix``."""
     buffer = io.BytesIO()
     # USTAR: the small tar of a VM's initramfs reads no newer format.
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:

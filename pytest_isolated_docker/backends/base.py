@@ -262,15 +262,20 @@ class Backend(abc.ABC):
         if not self.settings.preload:
             return 0.0
         with contextlib.closing(self.context.host_client()) as host:
-            missing = [image for image in self.settings.preload if not image_exists(host, image)]
-            if missing:  # an engine of a pool, say, that has not had them yet
-                donors = self.context.image_donors()
-                try:
-                    ensure_on_host(host, missing, "preload", PRELOAD_HINT, donors)
-                finally:
-                    for donor in donors:
-                        donor.close()
+            self.ensure_preload_on_host(host)
             return preload(host, target, self.settings.preload)
+
+    def ensure_preload_on_host(self, host: docker.DockerClient) -> None:
+        """Copy the preload images the host engine lacks from the engines of this machine (an
+        engine of a pool, say, that has not had them yet)."""
+        missing = [image for image in self.settings.preload if not image_exists(host, image)]
+        if missing:
+            donors = self.context.image_donors()
+            try:
+                ensure_on_host(host, missing, "preload", PRELOAD_HINT, donors)
+            finally:
+                for donor in donors:
+                    donor.close()
 
     def leftovers(self) -> list[str]:
         """What this daemon made that still exists (after :meth:`stop`, a leak)."""

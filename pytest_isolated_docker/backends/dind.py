@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import time
@@ -28,7 +29,8 @@ from ..daemon import Endpoint, phase
 from ..errors import DaemonUnavailable, StartupError
 from ..images import ensure_on_host, image_exists
 from ..net import answers, free_port
-from ..tls import server_archive
+from ..tls import file_archive, server_archive
+from . import dind_templates as templates
 from .base import Backend, BackendContext
 
 DOCKERD_PORT = 2376
@@ -60,8 +62,69 @@ else
             echo "pytest-isolated-docker: could not mount cgroup $options on $point" >&2
     done
 fi
+store=/pytest-isolated-docker-store
+now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
+layer_mounts() { awk '$5 ~ "^/var/lib/docker/overlay2/" { print $5 }' /proc/self/mountinfo; }
+clone_template() {
+    template=$store/templates/$1
+    if [ ! -e "$template/ready" ]; then
+        echo "pytest-isolated-docker: template $1 is not in the store: starting empty"
+        return 0
+    fi
+    started=$(now_ms)
+    cp -a "$template/root/." /var/lib/docker/ || return 1
+    for layer in "$template"/layers/*; do
+        [ -d "$layer" ] || continue
+        diff=/var/lib/docker/overlay2/${layer##*/}/diff
+        mount --bind "$layer" "$diff" && mount -o remount,bind,ro "$diff" || return 1
+    done
+    echo "pytest-isolated-docker: cloned template $1 in $(( $(now_ms) - started )) ms"
+}
+if [ -n "${PYTEST_ISOLATED_DOCKER_MAKE:-}" ]; then
+    mkdir -p "$store/build" "$store/templates"
+    for key in ${PYTEST_ISOLATED_DOCKER_EVICT:-}; do rm -rf "${store:?}/templates/$key"; done
+    # A build takes seconds: one older than ten minutes was killed half-way.
+    find "$store/build" -mindepth 1 -maxdepth 1 -mmin +10 -exec rm -rf {} + || true
+    build=$store/build/$PYTEST_ISOLATED_DOCKER_MAKE-$(cat /etc/hostname)
+    mkdir -p "$build/root" "$build/layers"
+    mount --bind "$build/root" /var/lib/docker
+elif [ -n "${PYTEST_ISOLATED_DOCKER_TEMPLATE:-}" ]; then
+    if ! clone_template "$PYTEST_ISOLATED_DOCKER_TEMPLATE"; then
+        echo "pytest-isolated-docker: cloning template $PYTEST_ISOLATED_DOCKER_TEMPLATE failed:" \
+            "starting empty" >&2
+        for point in $(layer_mounts); do umount "$point"; done
+        find /var/lib/docker -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+    fi
+    # The daemon and its containers must not see the store (the other templates).
+    umount "$store" || echo "pytest-isolated-docker: the template store stays mounted" >&2
+fi
 while [ ! -e /certs/ready ]; do sleep 0.01; done
-exec dockerd $mode "$@"
+[ -n "${PYTEST_ISOLATED_DOCKER_MAKE:-}" ] || exec dockerd $mode "$@"
+# Making a template: once the images are loaded (/certs/finish), stop dockerd cleanly, move each
+# layer out of the data root, and publish the template under its key in one rename.
+dockerd $mode "$@" &
+dockerd=$!
+while [ ! -e /certs/finish ]; do
+    kill -0 "$dockerd" 2>/dev/null || exit 3
+    sleep 0.05
+done
+kill -TERM "$dockerd"
+wait "$dockerd" || true
+umount /var/lib/docker
+for diff in "$build"/root/overlay2/*/diff; do
+    [ -d "$diff" ] || continue
+    layer=${diff%/diff}
+    mv "$diff" "$build/layers/${layer##*/}"
+    mkdir "$diff"
+done
+: > "$build/ready"
+template=$store/templates/$PYTEST_ISOLATED_DOCKER_MAKE
+if [ -e "$template" ]; then
+    rm -rf "$build"  # made meanwhile through another runtime directory or machine
+else
+    mv "$build" "$template"
+fi
+echo "pytest-isolated-docker: template $PYTEST_ISOLATED_DOCKER_MAKE made"
 """
 
 PRIVILEGED_REFUSED_HINTS = ("unable to apply caps", "operation not permitted")
@@ -244,6 +307,29 @@ def describe_privilege_memo(memo: dict[str, Any], path: Path, now: float | None 
     )
 
 
+@dataclass(frozen=True)
+class StorePlan:
+    """How a dind container uses the template store: ``clone`` starts from the template of
+    ``key``; ``make`` loads the images into a data root that becomes that template, and first
+    removes the templates of ``evict``."""
+
+    mode: str  # "clone" or "make"
+    key: templates.TemplateKey
+    evict: tuple[str, ...] = ()
+
+    def environment(self) -> dict[str, str]:
+        if self.mode == "make":
+            return {
+                "PYTEST_ISOLATED_DOCKER_MAKE": self.key.key,
+                "PYTEST_ISOLATED_DOCKER_EVICT": " ".join(self.evict),
+            }
+        return {"PYTEST_ISOLATED_DOCKER_TEMPLATE": self.key.key}
+
+
+CLONED = re.compile(rb"pytest-isolated-docker: cloned template \S+ in (\d+) ms")
+TEMPLATE_TIMEOUT = 120.0
+
+
 class DindBackend(Backend):
     """A dockerd in a container of the host engine, reached over mutual TLS on 127.0.0.1."""
 
@@ -257,6 +343,9 @@ class DindBackend(Backend):
     _container: Container | None = None
     _volume: str | None = None
     _mode = ""
+    _plan: StorePlan | None = None
+    #: Spent making the template this daemon starts from (reported as preload time).
+    _template_seconds = 0.0
 
     @classmethod
     def problems(cls, context: BackendContext) -> list[str]:
@@ -301,6 +390,7 @@ class DindBackend(Backend):
         self._host = host = self.context.host_client()
         image = self.settings.dind_image
         self._ensure_image(host, image)
+        self._plan = self._store_plan(host, image)
         with phase("create", "Is the host engine overloaded or its disk full? See `docker info`."):
             self._volume = host.volumes.create(
                 name=self.object_name("data"),
@@ -361,27 +451,95 @@ class DindBackend(Backend):
         """Create the container with the low-level API: docker-py's models cannot express
         ``systempaths=unconfined`` (empty masked and read-only path lists)."""
         api = host.api
+        assert self._volume is not None
+        binds = {self._volume: {"bind": "/var/lib/docker", "mode": "rw"}, **self._store_bind()}
         host_config = api.create_host_config(
             # A remote engine's loopback cannot be reached from here: its daemon is published on
             # the engine machine's addresses (mutual TLS still refuses anyone without our keys).
             port_bindings={
                 DOCKERD_PORT: ("0.0.0.0" if self._machine.kind == "tcp" else "127.0.0.1", None)
             },
-            binds={self._volume: {"bind": "/var/lib/docker", "mode": "rw"}},
+            binds=binds,
             **mode.get("host_config", {}),
         )
         host_config.update(mode.get("raw_host_config", {}))
+        plan = self._plan
         created = api.create_container(
             image,
             entrypoint=["sh", "-c", ENTRYPOINT, "pytest-isolated-docker-entrypoint"],
             command=_dockerd_args(self.settings.registry_mirror),
             name=self.object_name("dind"),
-            labels=self.labels("dind"),
+            labels={
+                **self.labels("dind"),
+                **({templates.TEMPLATE: plan.key.key} if plan and plan.mode == "clone" else {}),
+            },
+            environment=plan.environment() if plan else None,
             ports=[DOCKERD_PORT],
             host_config=host_config,
             detach=True,
         )
         return str(created["Id"])
+
+    def _store_plan(self, host: docker.DockerClient, image: str) -> StorePlan | None:
+        """Start from the template of the preload set, made first when the engine has none."""
+        settings = self.settings
+        if not settings.preload or settings.preload_mode != "template":
+            return None
+        with phase(
+            "preload",
+            "Check the host engine's disk; --docker-preload-mode=stream "
+            "loads the images into each daemon instead.",
+        ):
+            self.ensure_preload_on_host(host)
+            key = templates.TemplateKey.of(host, image, settings.preload)
+            if not templates.is_made(host, key):
+                lock = state_root() / f"dind-template-{key.key[:16]}.lock"
+                with locked(lock, timeout=TEMPLATE_TIMEOUT * 2, purpose="making a dind template"):
+                    if not templates.is_made(host, key):
+                        started = time.monotonic()
+                        self._make_template(host, key)
+                        self._template_seconds = time.monotonic() - started
+        return StorePlan("clone", key)
+
+    def _make_template(self, host: docker.DockerClient, key: templates.TemplateKey) -> None:
+        from ..lifecycle import start_daemon  # the lifecycle starts backends: imported late
+
+        evict = tuple(templates.evictable(host))
+        for stale in evict:
+            templates.forget(host, stale)
+        templates.ensure_store(host)
+        maker = DindTemplateMaker(self.context, StorePlan("make", key, evict))
+        daemon = start_daemon(self.context, maker)
+        try:
+            maker.finish()
+        finally:
+            daemon.stop()
+        templates.record(host, key)
+
+    def _store_bind(self) -> dict[str, dict[str, str]]:
+        if self._plan is None:
+            return {}
+        mode = "rw" if self._plan.mode == "make" else "ro"
+        return {templates.STORE_VOLUME: {"bind": templates.STORE_PATH, "mode": mode}}
+
+    def preload(self, target: docker.DockerClient) -> float:
+        """Started from a template, only check that its images are there (the clone took the
+        time the entrypoint logged); stream them when the template turned out missing."""
+        plan = self._plan
+        if plan is None or plan.mode != "clone":
+            return super().preload(target)
+        started = time.monotonic()
+        if all(image_exists(target, image) for image in self.settings.preload):
+            return self._template_seconds + self._clone_seconds() + time.monotonic() - started
+        assert self._host is not None
+        templates.forget(self._host, plan.key.key)  # the next daemon makes it anew
+        return super().preload(target)
+
+    def _clone_seconds(self) -> float:
+        if self._container is None:
+            return 0.0
+        found = CLONED.search(self._container.logs(stdout=True, stderr=False))
+        return int(found.group(1)) / 1000 if found else 0.0
 
     def _privilege_memo(
         self, host: docker.DockerClient
@@ -564,3 +722,32 @@ class DindBackend(Backend):
             self._volume = None
         host.close()
         self._host = None
+
+
+class DindTemplateMaker(DindBackend):
+    """A dind daemon whose data root, once the images are streamed in, becomes a template."""
+
+    def __init__(self, context: BackendContext, plan: StorePlan) -> None:
+        super().__init__(context)
+        self._make_plan = plan
+
+    def _store_plan(self, host: docker.DockerClient, image: str) -> StorePlan | None:
+        return self._make_plan
+
+    def finish(self) -> None:
+        """Have the entrypoint stop dockerd and publish the data root; wait until it has."""
+        container = self._container
+        assert container is not None
+        container.put_archive("/", file_archive([("finish", b"", 0o644)], "certs/"))
+        try:
+            result = container.wait(timeout=TEMPLATE_TIMEOUT)
+        except Exception as exc:
+            raise StartupError(
+                "preload", f"the dind template was not made within {TEMPLATE_TIMEOUT:.0f} s ({exc})"
+            ) from exc
+        if result.get("StatusCode") != 0:
+            raise StartupError(
+                "preload",
+                f"making the dind template failed (exit code {result.get('StatusCode')}):\n"
+                + self.logs(30),
+            )
