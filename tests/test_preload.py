@@ -92,7 +92,7 @@ def test_an_image_under_several_names_is_streamed_once(host_engine: docker.Docke
     alias = f"local/alias-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}:1"
     host_engine.images.get("debian:bookworm-slim").tag(alias)
     try:
-        with api_daemon(preload=["debian:bookworm-slim", alias]) as daemon:
+        with api_daemon(preload=["debian:bookworm-slim", alias], preload_mode="stream") as daemon:
             events = daemon.client.api.events(
                 since=0, until=int(time.time()) + 1, decode=True, filters={"type": "image"}
             )
