@@ -11,7 +11,7 @@ import docker
 import docker.errors
 
 from . import engines
-from .backends import BackendContext, DeadSession, backend_class
+from .backends import BackendContext, DeadSession, all_backends, backend_class
 from .coordination import session_alive, sessions_root
 from .errors import IsolatedDockerError
 from .labels import Identity, new_session_id
@@ -115,6 +115,9 @@ def _prune(args: argparse.Namespace) -> int:
             removed += sweep(client, dry_run=args.dry_run)
             if client is not None:
                 unproven += unproven_sessions(client)
+        if args.caches and client is not None:
+            for backend in all_backends():
+                removed += backend.prune_caches(client, dry_run=args.dry_run)
         if client is not None:
             client.close()
     for item in removed:
@@ -165,6 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--session",
         metavar="ID",
         help="remove what this session left, whatever the evidence (it must not run here)",
+    )
+    prune.add_argument(
+        "--caches",
+        action="store_true",
+        help="also remove what backends keep on the engine to start faster (the dind template "
+        "store), unless a daemon uses it",
     )
     prune.set_defaults(run=_prune)
     args = parser.parse_args(argv)

@@ -8,6 +8,8 @@ import concurrent.futures
 import io
 import os
 import secrets
+import subprocess
+import sys
 import time
 
 import docker
@@ -217,3 +219,28 @@ def test_stream_mode_loads_into_each_daemon(
         assert daemon.client.images.get(unique_image)
         assert not cloned(daemon)
     assert not templates.is_made(host_engine, key)
+
+
+def prune_caches() -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_isolated_docker.cli", "prune", "--caches"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+@pytest.mark.serial  # removes the whole store, which other tests' daemons start from
+def test_prune_caches_removes_the_store_unless_a_daemon_uses_it(
+    host_engine: docker.DockerClient, unique_image: str
+) -> None:
+    key = templates.TemplateKey.of(host_engine, DIND_IMAGE, [unique_image])
+    with api_daemon(preload=[unique_image]):
+        assert "kept: volume pytest-isolated-docker-dind-templates" in prune_caches()
+        assert templates.is_made(host_engine, key)
+    out = prune_caches()
+    assert f"removed: volume {key.marker}" in out
+    assert f"removed: volume {templates.STORE_VOLUME}" in out
+    assert templates.markers(host_engine) == {}
+    with pytest.raises(docker.errors.NotFound):
+        host_engine.volumes.get(templates.STORE_VOLUME)

@@ -229,6 +229,12 @@ class Backend(abc.ABC):
         making was killed); return what (would be) removed."""
         return []
 
+    @classmethod
+    def prune_caches(cls, engine: docker.DockerClient, dry_run: bool = False) -> list[str]:
+        """Remove what this backend keeps on ``engine`` across sessions to start faster (caches
+        no session owns) when no daemon uses it; return what (would be) removed or kept."""
+        return []
+
     @abc.abstractmethod
     def start(self) -> Endpoint:
         """Launch the daemon and return its endpoint (it need not answer yet)."""

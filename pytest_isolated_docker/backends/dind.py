@@ -370,9 +370,10 @@ class DindBackend(Backend):
             with contextlib.closing(context.host_client()) as host:
                 engine = EngineFacts.of(host)
                 security = " ".join(host.info().get("SecurityOptions") or [])
+                made = templates.describe(host)
         except (DaemonUnavailable, docker.errors.DockerException):
             return []
-        found = []
+        found: list[str] = list(made)
         if "name=rootless" in security:
             found.append(
                 "the host engine is rootless: each dind daemon runs in its user namespace, in "
@@ -383,6 +384,10 @@ class DindBackend(Backend):
         if memo is not None:
             found.append(describe_privilege_memo(memo, privilege_memo_path(engine)))
         return found
+
+    @classmethod
+    def prune_caches(cls, engine: docker.DockerClient, dry_run: bool = False) -> list[str]:
+        return templates.prune(engine, dry_run)
 
     def start(self) -> Endpoint:
         engine = self.context.engine
