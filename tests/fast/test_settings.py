@@ -163,6 +163,7 @@ PRECEDENCE: dict[str, tuple[tuple[Any, Any], tuple[str, Any], tuple[Any, Any]]] 
     "vm_image": (("/f", "/f"), ("/e", "/e"), ("/i", "/i")),
     "vm_boot": (("cold", "cold"), ("snapshot", "snapshot"), ("cold", "cold")),
     "preload": ((["f:1", "f:2"], ("f:1", "f:2")), ("e:1", ("e:1",)), (["i:1"], ("i:1",))),
+    "preload_mode": (("stream", "stream"), ("template", "template"), ("stream", "stream")),
     "registry_mirror": (
         (["http://f"], ("http://f",)),
         ("http://e", ("http://e",)),
@@ -332,6 +333,7 @@ CHOICES = {
     "reset": "test, never",
     "dind_privileged": "auto, always, never",
     "vm_boot": "snapshot, cold",
+    "preload_mode": "template, stream",
 }
 
 
