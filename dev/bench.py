@@ -315,6 +315,78 @@ def preload_rows(host: docker.DockerClient) -> list[dict[str, Any]]:
     ]
 
 
+# (f) templates ---------------------------------------------------------------------------------
+FIVE_IMAGES = [f"pytest-isolated-docker-bench/hundred-mb-{i}:1" for i in range(5)]
+
+
+def five_images(host: docker.DockerClient) -> list[str]:
+    """Five ~100 MB images with nothing in common (random content each)."""
+    for image in FIVE_IMAGES:
+        try:
+            host.images.get(image)
+        except docker.errors.ImageNotFound:
+            with tempfile.TemporaryDirectory() as context:
+                Path(context, "blob").write_bytes(os.urandom(100 * 1024 * 1024))
+                Path(context, "Dockerfile").write_text("FROM scratch\nCOPY blob /blob\n")
+                host.images.build(path=context, tag=image, rm=True)
+    return FIVE_IMAGES
+
+
+def started_with(**flags: Any) -> tuple[float, float]:
+    """Request to ready client of a dind daemon with ``flags``, and its reported preload time."""
+    start = time.perf_counter()
+    daemon = start_daemon(new_context(**flags))
+    daemon.client.ping()
+    seconds = time.perf_counter() - start
+    preload_seconds = daemon.preload_seconds
+    daemon.stop()
+    return seconds, preload_seconds
+
+
+def template_rows(host: docker.DockerClient, raw_p50: float) -> list[dict[str, Any]]:
+    """Preloads from a template, each against an empty daemon started in the same loop."""
+    image = hundred_mb_image(host)
+    five = five_images(host)
+    # A preload set of its own (a new name of the image), so that its template is made here.
+    fresh = f"pytest-isolated-docker-bench/template-{new_session_id()}:1"
+    host.images.get(image).tag(fresh)
+    try:
+        made, made_preload = started_with(preload=[fresh])
+        again, again_preload = started_with(preload=[fresh])
+    finally:
+        host.images.remove(fresh)
+    started_with(preload=five)  # its template, if this host has none yet
+    empty: list[float] = []
+    one: list[float] = []
+    five_added: list[float] = []
+    for _ in range(RUNS):
+        empty.append(started_with()[0])
+        one.append(started_with(preload=[image])[0] - empty[-1])
+        five_added.append(started_with(preload=five)[0] - empty[-1])
+    one_p50 = statistics.median(one)
+    return [
+        row(
+            "(f) template made for a new preload set (once per host)",
+            [made],
+            preload=round(made_preload, 3),
+            next_daemon=round(again, 3),
+            next_daemon_preload=round(again_preload, 3),
+        ),
+        row("(f) empty daemon, same loop as the template rows", empty),
+        row(
+            "(f) preload ~100 MB from its template: added per daemon",
+            one,
+            target="<= 0.25 s and <= 0.2 x raw",
+            ratio_to_raw=round(one_p50 / raw_p50, 3),
+        ),
+        row(
+            "(f) preload five ~100 MB images from their template: added per daemon",
+            five_added,
+            target="<= 0.5 s",
+        ),
+    ]
+
+
 @contextlib.contextmanager
 def dind_daemons(count: int) -> Iterator[list[DockerDaemon]]:
     daemons = [start_daemon(new_context()) for _ in range(count)]
@@ -504,7 +576,10 @@ def main() -> int:
     )
 
     rows.extend(engine_rows(host, dind))
-    rows.extend(preload_rows(host))
+    preloads = preload_rows(host)
+    rows.extend(preloads)
+    raw = next(r for r in preloads if "raw docker save" in r["name"])
+    rows.extend(template_rows(host, raw["p50"]))
     rows.extend(guard_rows())
 
     machine_bench = ROOT / "dev" / "bench_machine.py"

@@ -200,8 +200,11 @@ def test_stale_builds_and_templates_of_removed_images_are_evicted(
             pass
     finally:
         host_engine.images.remove(gone)
-    in_store(host_engine, "mkdir -p /store/build/killed-half-way && touch -d '1 hour ago' "
-             "/store/build/killed-half-way")  # fmt: skip
+    in_store(
+        host_engine,
+        "mkdir -p /store/build/killed-half-way /store/templates/unrecorded && "
+        "touch -d '1 hour ago' /store/build/killed-half-way /store/templates/unrecorded",
+    )
     assert gone_key.key in templates.evictable(host_engine)
     with api_daemon(preload=[unique_image]):
         pass
@@ -209,6 +212,7 @@ def test_stale_builds_and_templates_of_removed_images_are_evicted(
     listing = in_store(host_engine, "ls /store/templates /store/build")
     assert gone_key.key not in listing
     assert "killed-half-way" not in listing
+    assert "unrecorded" not in listing
 
 
 def test_stream_mode_loads_into_each_daemon(

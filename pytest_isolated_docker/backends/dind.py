@@ -83,6 +83,15 @@ clone_template() {
 if [ -n "${PYTEST_ISOLATED_DOCKER_MAKE:-}" ]; then
     mkdir -p "$store/build" "$store/templates"
     for key in ${PYTEST_ISOLATED_DOCKER_EVICT:-}; do rm -rf "${store:?}/templates/$key"; done
+    # A template without a marker (its maker was killed after publishing it, or its marker was
+    # removed by hand) can never be used: removed once it is old enough not to be one just made.
+    for template in "$store"/templates/*; do
+        [ -d "$template" ] || continue
+        case " ${PYTEST_ISOLATED_DOCKER_KEEP:-} $PYTEST_ISOLATED_DOCKER_MAKE " in
+            *" ${template##*/} "*) ;;
+            *) find "$template" -maxdepth 0 -mmin +10 -exec rm -rf {} + ;;
+        esac
+    done
     # A build takes seconds: one older than ten minutes was killed half-way.
     find "$store/build" -mindepth 1 -maxdepth 1 -mmin +10 -exec rm -rf {} + || true
     build=$store/build/$PYTEST_ISOLATED_DOCKER_MAKE-$(cat /etc/hostname)
@@ -311,17 +320,19 @@ def describe_privilege_memo(memo: dict[str, Any], path: Path, now: float | None 
 class StorePlan:
     """How a dind container uses the template store: ``clone`` starts from the template of
     ``key``; ``make`` loads the images into a data root that becomes that template, and first
-    removes the templates of ``evict``."""
+    removes the templates of ``evict`` and those (old enough) neither in ``keep`` nor recorded."""
 
     mode: str  # "clone" or "make"
     key: templates.TemplateKey
     evict: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ()
 
     def environment(self) -> dict[str, str]:
         if self.mode == "make":
             return {
                 "PYTEST_ISOLATED_DOCKER_MAKE": self.key.key,
                 "PYTEST_ISOLATED_DOCKER_EVICT": " ".join(self.evict),
+                "PYTEST_ISOLATED_DOCKER_KEEP": " ".join(self.keep),
             }
         return {"PYTEST_ISOLATED_DOCKER_TEMPLATE": self.key.key}
 
@@ -512,8 +523,9 @@ class DindBackend(Backend):
         evict = tuple(templates.evictable(host))
         for stale in evict:
             templates.forget(host, stale)
+        keep = tuple(templates.markers(host))
         templates.ensure_store(host)
-        maker = DindTemplateMaker(self.context, StorePlan("make", key, evict))
+        maker = DindTemplateMaker(self.context, StorePlan("make", key, evict, keep))
         daemon = start_daemon(self.context, maker)
         try:
             maker.finish()

@@ -122,22 +122,22 @@ def in_use(host: docker.DockerClient) -> set[str]:
     return {str((c.get("Labels") or {}).get(TEMPLATE)) for c in containers}
 
 
-def _image_present(host: docker.DockerClient, image_id: str) -> bool:
+def _still_named(host: docker.DockerClient, name: str, image_id: str) -> bool:
     try:
-        host.api.inspect_image(image_id)
+        return bool(host.api.inspect_image(name)["Id"] == image_id)
     except docker.errors.ImageNotFound:
         return False
-    return True
 
 
 def evictable(host: docker.DockerClient) -> list[str]:
-    """Templates no key can name again (an image they hold is gone from the host engine) and no
-    daemon uses: removed by the next template maker."""
+    """Templates no key can name again (a name they hold no longer names the same image in the
+    host engine) and no daemon uses: removed by the next template maker."""
     used = in_use(host)
     return [
         key
         for key, images in markers(host).items()
-        if key not in used and not all(_image_present(host, i) for i in images.values())
+        if key not in used
+        and not all(_still_named(host, name, image_id) for name, image_id in images.items())
     ]
 
 
