@@ -355,7 +355,8 @@ def template_rows(host: docker.DockerClient, raw_p50: float) -> list[dict[str, A
         again, again_preload = started_with(preload=[fresh])
     finally:
         host.images.remove(fresh)
-    started_with(preload=five)  # its template, if this host has none yet
+    started_with(preload=[image])  # their templates, if this host has none yet
+    started_with(preload=five)
     empty: list[float] = []
     one: list[float] = []
     five_added: list[float] = []
