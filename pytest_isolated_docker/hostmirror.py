@@ -37,15 +37,19 @@ import docker
 import docker.errors
 
 from . import engines
+from .coordination import locked, read_json, write_json
 from .engines import Engine
+from .errors import StartupError
 from .mirrorstore import DIGEST, MANIFEST_TYPE, ExportError, Store
+from .pullcache import _bridge_gateway as bridge_gateway
 from .tls import CertificateAuthority, ClientTLS
 
 # The reference grammar of the distribution spec (lower-case path components, tags).
 _NAME = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
-_MANIFEST = re.compile(rf"/v2/(?P<name>{_NAME})/manifests/(?P<reference>{_TAG}|sha256:[0-9a-f]{{64}})")
-_BLOB = re.compile(rf"/v2/(?P<name>{_NAME})/blobs/(?P<digest>sha256:[0-9a-f]{{64}})")
+_DIGEST = r"sha256:[0-9a-f]{64}"
+_MANIFEST = re.compile(rf"/v2/(?P<name>{_NAME})/manifests/(?P<reference>{_TAG}|{_DIGEST})")
+_BLOB = re.compile(rf"/v2/(?P<name>{_NAME})/blobs/(?P<digest>{_DIGEST})")
 _CHUNK = 1 << 20
 # An idle connection (or a peer that never finishes its TLS handshake) is dropped after this.
 _IDLE_TIMEOUT = 60.0
@@ -84,13 +88,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self._answer(body=True)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._answer(body=False)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         self.server.log(f"{self.address_string()} {format % args}")
 
     def _answer(self, body: bool) -> None:
@@ -147,6 +151,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    allow_reuse_port = True  # the session's processes share one port (see serve)
 
     def __init__(
         self, address: tuple[str, int], tls: ssl.SSLContext, images: HostImages, log: Path | None
@@ -188,7 +193,8 @@ class HostMirror:
         self._server = server
         self._thread = thread
         host, port = server.server_address[:2]
-        self.registry = f"{host}:{port}"
+        self.port = int(port)
+        self.registry = f"{host!s}:{port}"
         self.url = f"https://{self.registry}"
 
     @classmethod
@@ -199,12 +205,13 @@ class HostMirror:
         ca: CertificateAuthority,
         store: Store | None = None,
         log: Path | None = None,
+        port: int = 0,
     ) -> HostMirror:
-        """Serve ``engine``'s images on ``address`` (port picked by the kernel) to clients with a
-        certificate of ``ca``. Raises OSError when ``address`` is not one of this machine's."""
+        """Serve ``engine``'s images on ``address:port`` (0: picked by the kernel) to clients with
+        a certificate of ``ca``. Raises OSError when that cannot be bound."""
         tls = _server_context(ca, address)
         images = HostImages(engine, store or Store.default())
-        server = _Server((address, 0), tls, images, log)
+        server = _Server((address, port), tls, images, log)
         thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.2},
@@ -219,6 +226,42 @@ class HostMirror:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+class MirrorUnavailable(Exception):
+    """No host mirror can serve this engine's images (the reason is the message)."""
+
+
+def serve(engine: Engine, ca: CertificateAuthority, session_dir: Path) -> HostMirror:
+    """This process's listener of the session's host mirror for ``engine``, on its bridge gateway.
+
+    Every process of the session listens on the same port (``SO_REUSEPORT``; the first picks it,
+    recorded in the session directory): the kernel hands each connection to a live listener, so
+    the mirror outlives the process that started a daemon shared by the workers. Raises
+    :class:`MirrorUnavailable` when the engine's bridge is not on this machine (a remote or
+    rootless engine).
+    """
+    try:
+        with contextlib.closing(engines.client(engine, timeout=30)) as host:
+            address = bridge_gateway(host)
+    except (docker.errors.DockerException, StartupError) as exc:
+        raise MirrorUnavailable(f"the host engine's bridge is unknown ({exc})") from exc
+    if not bindable(address):
+        raise MirrorUnavailable(
+            f"the host engine's bridge gateway {address} is not an address of this machine "
+            "(a remote or rootless engine)"
+        )
+    state_file = session_dir / "host-mirror.json"
+    with locked(session_dir / "host-mirror.lock"):
+        state = read_json(state_file)
+        port = int(state.get("port", 0)) if state.get("address") == address else 0
+        log = session_dir / "host-mirror.log"
+        try:
+            mirror = HostMirror.start(engine, address, ca, port=port, log=log)
+        except OSError:  # the recorded port went to another program meanwhile
+            mirror = HostMirror.start(engine, address, ca, log=log)
+        write_json(state_file, {"address": address, "port": mirror.port})
+    return mirror
 
 
 def _server_context(ca: CertificateAuthority, address: str) -> ssl.SSLContext:
@@ -280,4 +323,11 @@ def bindable(address: str) -> bool:
     return True
 
 
-__all__ = ["HostImages", "HostMirror", "bindable", "certs_d_archive"]
+__all__ = [
+    "HostImages",
+    "HostMirror",
+    "MirrorUnavailable",
+    "bindable",
+    "certs_d_archive",
+    "serve",
+]

@@ -136,7 +136,8 @@ class Store:
             for stale in staging.glob(f"{key}.*"):  # of an export that was killed
                 stale.unlink(missing_ok=True)
             started = time.monotonic()
-            manifest = self.import_save(IterableStream(export()), f"{key}.")
+            stream = io.BufferedReader(IterableStream(export()), _CHUNK)
+            manifest = self.import_save(stream, f"{key}.")
             digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
             if _config_digest(manifest) != image_id:  # the config's digest is the image's ID
                 raise ExportError(f"docker save of {image_id} gave another image's config")

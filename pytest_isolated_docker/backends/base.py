@@ -68,14 +68,18 @@ class BackendContext:
     def registry_mirrors(self, backend: type[Backend]) -> tuple[str, ...]:
         """The mirrors a daemon of ``backend`` pulls through, in order: the host mirror first
         (when that backend takes it), then ``--docker-registry-mirror`` and the pull cache."""
-        first = (self.host_mirror,) if self.host_mirror and backend.uses_host_mirror else ()
+        first = (self.host_mirror,) if self._takes_host_mirror(backend) else ()
         return (*first, *self.settings.registry_mirror)
 
-    def registry_certificates(self) -> bytes:
-        """A tar for ``/`` with ``etc/docker/certs.d/`` entries that let a daemon of this
-        session authenticate to the host mirror (empty tar without one)."""
-        registries = (urllib.parse.urlsplit(self.host_mirror).netloc,) if self.host_mirror else ()
-        return certs_d_archive(self.client_tls, registries)
+    def registry_certificates(self, backend: type[Backend]) -> bytes | None:
+        """A tar for ``/`` with the ``etc/docker/certs.d/`` entry that lets a daemon of
+        ``backend`` authenticate to the host mirror; None when it does not use one."""
+        if not self._takes_host_mirror(backend):
+            return None
+        return certs_d_archive(self.client_tls, (urllib.parse.urlsplit(self.host_mirror).netloc,))
+
+    def _takes_host_mirror(self, backend: type[Backend]) -> bool:
+        return bool(self.host_mirror) and backend.uses_host_mirror and self.settings.host_mirror
 
     @property
     def host_environment(self) -> dict[str, str]:

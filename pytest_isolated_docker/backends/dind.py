@@ -319,8 +319,9 @@ class DindBackend(Backend):
             tls = self.context.ca.server_tls(
                 ["127.0.0.1", "localhost", address, container.name or "", *self._container_ips()]
             )
-            if self.context.host_mirror:
-                container.put_archive("/", self.context.registry_certificates())
+            certificates = self.context.registry_certificates(type(self))
+            if certificates is not None:
+                container.put_archive("/", certificates)
             # "ready" comes last: the entrypoint waits for it before starting dockerd.
             container.put_archive("/", server_archive(tls, "certs/", [("ready", b"")]))
         return Endpoint(f"tcp://{address}:{port}", self.context.client_tls)
