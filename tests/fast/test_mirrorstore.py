@@ -36,11 +36,8 @@ def layer(name: str, size: int) -> bytes:
 
 def saved_image(layers: list[bytes], symlink_last: bool = False) -> tuple[bytes, bytes]:
     """A ``docker save`` stream (legacy layout) of one image, and its config."""
-    config = json.dumps(
-        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [
-            digest(data) for data in layers
-        ]}}  # fmt: skip
-    ).encode()
+    rootfs = {"type": "layers", "diff_ids": [digest(data) for data in layers]}
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": rootfs}).encode()
     config_name = digest(config)[7:] + ".json"
     members: list[tuple[str, bytes | str]] = [(config_name, config)]
     paths = []
@@ -80,7 +77,8 @@ def test_a_saved_image_becomes_a_manifest_with_its_config_and_uncompressed_layer
     manifest_digest, raw = store.add_image(digest(config), lambda: chunks(stream), "x:1")
     assert manifest_digest == digest(raw)
     manifest = json.loads(raw)
-    assert manifest["schemaVersion"] == 2 and manifest["mediaType"] == MANIFEST_TYPE
+    assert manifest["schemaVersion"] == 2
+    assert manifest["mediaType"] == MANIFEST_TYPE
     assert manifest["config"] == {
         "mediaType": CONFIG_TYPE,
         "size": len(config),
@@ -91,7 +89,8 @@ def test_a_saved_image_becomes_a_manifest_with_its_config_and_uncompressed_layer
     ]
     for data in (config, *layers):
         path = store.blob(digest(data))
-        assert path is not None and path.read_bytes() == data
+        assert path is not None
+        assert path.read_bytes() == data
     assert store.manifest(manifest_digest) == raw
     assert store.image_manifest(digest(config)) == (manifest_digest, raw)
     assert not list((tmp_path / "staging").iterdir()), "nothing staged is left"
@@ -139,5 +138,5 @@ def test_a_stream_without_manifest_json_is_an_error(tmp_path: Path) -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w"):
         pass
-    with pytest.raises(ExportError, match="manifest.json"):
+    with pytest.raises(ExportError, match=r"manifest\.json"):
         Store(tmp_path).add_image(digest(b"c"), lambda: [buffer.getvalue()])
