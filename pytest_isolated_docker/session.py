@@ -72,7 +72,8 @@ class DockerSession:
     @property
     def serves_host_images(self) -> bool:
         """The settings ask for the host mirror and the configured backend takes it."""
-        return self.settings.host_mirror and backend_class(self.settings.backend).uses_host_mirror
+        backend = backend_class(self.settings.backend)
+        return self.settings.host_mirror and backend.uses_host_mirror and not self.pool.is_pool
 
     def _serve_host_images(self, settings: Settings) -> None:
         """Before this process first starts a daemon that takes the host mirror: serve the host
