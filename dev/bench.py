@@ -9,6 +9,7 @@ Rows (p50/p90 over at least 5 runs each):
   (d) reset of an empty daemon and of one with 20 containers;
   (e) a session of container tests with -n 2 against -n 1;
   preload of a ~100 MB image against a raw `docker save | docker load` between the same engines;
+  on-demand pull of the base image from the host mirror (cache cold and warm) against its preload;
   (g) the guarded backend: latency each API call gains through the guard (p50 of many calls,
       guard minus direct, same client), and `docker run --rm` through the guard against direct;
   the machine backend's rows when dev/bench_machine.py is present.
@@ -45,9 +46,11 @@ from pytest_isolated_docker.backends import BackendContext
 from pytest_isolated_docker.backends.dind import CAPABILITY_RECIPE
 from pytest_isolated_docker.daemon import DockerDaemon
 from pytest_isolated_docker.engines import Engine
+from pytest_isolated_docker.hostmirror import HostMirror, bridge_gateway
 from pytest_isolated_docker.images import preload
 from pytest_isolated_docker.labels import Identity, new_session_id
 from pytest_isolated_docker.lifecycle import start_daemon
+from pytest_isolated_docker.mirrorstore import Store
 from pytest_isolated_docker.settings import resolve
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
@@ -388,6 +391,45 @@ def template_rows(host: docker.DockerClient, raw_p50: float) -> list[dict[str, A
     ]
 
 
+def host_mirror_rows(host: docker.DockerClient) -> list[dict[str, Any]]:
+    """On-demand pull of the base image through the host mirror (issue 14, item 2), by two dind
+    daemons started without preload: cold (the store empty: export, then pull) and warm (the
+    store filled by the cold pull), next to a preload of the same image into the same daemon."""
+    context = new_context()
+    with tempfile.TemporaryDirectory() as cache:
+        store = Store(Path(cache))
+        address = bridge_gateway(host)
+        mirror = HostMirror.start(context.engine, address, context.ca, store)
+        mirrored = dataclasses.replace(context, host_mirror=mirror.url)
+        cold: list[float] = []
+        warm: list[float] = []
+        preloaded: list[float] = []
+        daemons = [start_daemon(mirrored) for _ in range(2)]
+        try:
+            for _ in range(RUNS):
+                for daemon in daemons:
+                    with contextlib.suppress(docker.errors.ImageNotFound):
+                        daemon.client.images.remove(BASE_IMAGE, force=True)
+                shutil.rmtree(store.root)
+                cold.append(timed(lambda: daemons[0].client.images.pull(BASE_IMAGE)))
+                warm.append(timed(lambda: daemons[1].client.images.pull(BASE_IMAGE)))
+                daemons[1].client.images.remove(BASE_IMAGE, force=True)
+                preloaded.append(preload(host, daemons[1].client, [BASE_IMAGE]))
+        finally:
+            for daemon in daemons:
+                daemon.stop()
+            mirror.close()
+    return [
+        row(f"on-demand pull of {BASE_IMAGE} from the host mirror: cold cache (export)", cold),
+        row(
+            f"on-demand pull of {BASE_IMAGE} from the host mirror: warm cache",
+            warm,
+            ratio_to_preload=round(statistics.median(warm) / statistics.median(preloaded), 3),
+        ),
+        row(f"preload of {BASE_IMAGE} (API stream), same daemons", preloaded),
+    ]
+
+
 @contextlib.contextmanager
 def dind_daemons(count: int) -> Iterator[list[DockerDaemon]]:
     daemons = [start_daemon(new_context()) for _ in range(count)]
@@ -581,6 +623,7 @@ def main() -> int:
     rows.extend(preloads)
     raw = next(r for r in preloads if "raw docker save" in r["name"])
     rows.extend(template_rows(host, raw["p50"]))
+    rows.extend(host_mirror_rows(host))
     rows.extend(guard_rows())
 
     machine_bench = ROOT / "dev" / "bench_machine.py"

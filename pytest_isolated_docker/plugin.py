@@ -134,6 +134,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines.append(f"isolated-docker: preloading {', '.join(settings.preload)}")
     if settings.registry_mirror:
         lines.append(f"isolated-docker: registry mirrors {', '.join(settings.registry_mirror)}")
+    if session.serves_host_images:
+        lines.append(
+            "isolated-docker: images of the host engine pulled on demand (host mirror; "
+            "--docker-host-mirror=false to stop)"
+        )
     lines += backend_class(settings.backend).header_lines()
     return lines
 

@@ -17,7 +17,7 @@ from typing import Any
 import docker
 import pytest
 
-from . import pullcache, reaper
+from . import hostmirror, pullcache, reaper
 from .backends import Backend, BackendContext, backend_class
 from .coordination import release_session
 from .daemon import Baseline, DockerDaemon
@@ -53,6 +53,10 @@ class DockerSession:
         self.pool = Pool.of(settings.engine, self.context.engine)
         self._placements: dict[int, Placement] = {}
         self.holds_pull_cache = False
+        self.host_mirror: hostmirror.HostMirror | None = None
+        #: Why the session serves no host images although asked to ("" when it does).
+        self.host_mirror_note = ""
+        self._mirror_lock = threading.Lock()
         self.pull_cache_url: str | None = None
         self._lock = threading.Lock()
         self._future: concurrent.futures.Future[DockerDaemon] | None = None
@@ -64,6 +68,35 @@ class DockerSession:
     def add_mirror(self, url: str) -> None:
         self.settings = self.settings.replace(registry_mirror=(*self.settings.registry_mirror, url))
         self.context = dataclasses.replace(self.context, settings=self.settings)
+
+    @property
+    def serves_host_images(self) -> bool:
+        """The settings ask for the host mirror and the configured backend takes it."""
+        backend = backend_class(self.settings.backend)
+        return self.settings.host_mirror and backend.uses_host_mirror and not self.pool.is_pool
+
+    def _serve_host_images(self, settings: Settings) -> None:
+        """Before this process first starts a daemon that takes the host mirror: serve the host
+        engine's images to the session's daemons from this process too (see :mod:`.hostmirror`:
+        every process of the session listens on one port, so the mirror lives as long as any of
+        them, as a daemon shared by the workers does). Once per process; lazily, so that a run
+        without Docker tests never contacts the engine."""
+        if not settings.host_mirror or not backend_class(settings.backend).uses_host_mirror:
+            return
+        with self._mirror_lock:
+            if self.host_mirror is not None or self.host_mirror_note:
+                return
+            if self.pool.is_pool:
+                self.host_mirror_note = "not with a pool of engines (--docker-engine)"
+                return
+            try:
+                self.host_mirror = hostmirror.serve(
+                    self.pool.engines[0], self.context.ca, self.context.session_dir
+                )
+            except hostmirror.MirrorUnavailable as exc:
+                self.host_mirror_note = str(exc)
+                return
+            self.context = dataclasses.replace(self.context, host_mirror=self.host_mirror.url)
 
     @property
     def shared_context(self) -> BackendContext:
@@ -132,6 +165,7 @@ class DockerSession:
                 self._future = self._executor.submit(self._start_worker_daemon)
 
     def _start_worker_daemon(self) -> DockerDaemon:
+        self._serve_host_images(self.settings)
         cls = backend_class(self.settings.backend)
         if self.settings.scope == "session":
             # One daemon for every worker: on the pool's first engine.
@@ -177,6 +211,7 @@ class DockerSession:
     def start_daemon(self, settings: Settings) -> DockerDaemon:
         """A new daemon of its own with ``settings`` (the caller stops it with :meth:`record`)."""
         self.guard()
+        self._serve_host_images(settings)
         context = dataclasses.replace(self.context, settings=settings)
         return self._placed(context, backend_class(settings.backend))
 
@@ -230,6 +265,9 @@ class DockerSession:
             self._executor.shutdown(wait=True)
         if self.holds_pull_cache:
             pullcache.release()
+        if self.host_mirror is not None:
+            self.host_mirror.close()
+            self.host_mirror = None
         if self.owns_session and (self.context.session_dir / ENGINE_USED).exists():
             # Every worker is gone by now: whatever still carries the session's label was left
             # by a worker that crashed, and is a leak to remove and report.

@@ -284,6 +284,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
         metavar="URL",
     ),
     OptionSpec(
+        "host_mirror",
+        "Serve the host engine's images to daemons that start without any (dind): a Docker Hub "
+        "name the host engine has (debian:bookworm-slim, me/app:1) is pulled from a registry "
+        "mirror of the session, over mutual TLS, exported once per host into the user cache "
+        "(default true); names the host lacks go on to the next mirror or upstream.",
+        True,
+        _parse_bool,
+        metavar="BOOL",
+    ),
+    OptionSpec(
         "guard_allow_bind",
         "Host directory that containers may bind-mount through the guarded backend, besides "
         "pytest's basetemp (repeatable; PATH:ro for read-only; comma-separated in the "
@@ -344,6 +354,7 @@ class Settings:
     preload: tuple[str, ...] = ()
     preload_mode: str = "template"
     registry_mirror: tuple[str, ...] = ()
+    host_mirror: bool = True
     guard_allow_bind: tuple[str, ...] = ()
     pull_through_cache: bool = False
     pull_through_upstream: str = "https://registry-1.docker.io"

@@ -77,7 +77,9 @@ def test_isolated_daemons_pull_through_the_host_cache(
 
         @pytest.mark.parametrize("worker_test", range(2))
         def test_pull(docker_client, worker_test):
-            (mirror,) = docker_client.info()["RegistryConfig"]["Mirrors"]
+            # The host mirror (https, first) lacks the image: dockerd goes on to the cache.
+            host_mirror, mirror = docker_client.info()["RegistryConfig"]["Mirrors"]
+            assert host_mirror.startswith("https://")
             assert mirror.startswith("http://")
             docker_client.images.pull("{IMAGE}")
             assert docker_client.containers.run("{IMAGE}", "echo pulled") == b"pulled\\n"

@@ -11,6 +11,7 @@ import abc
 import contextlib
 import functools
 import secrets
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ from ..coordination import claim_session
 from ..daemon import Endpoint, remove_objects
 from ..engines import Engine
 from ..errors import DaemonUnavailable
+from ..hostmirror import certs_d_archive
 from ..images import ensure_on_host, image_exists, preload
 from ..labels import DAEMON, ROLE, SESSION, Identity
 from ..settings import Settings
@@ -60,6 +62,24 @@ class BackendContext:
     #: Directories of this run that containers may bind-mount from the host (pytest's basetemp):
     #: a backend handing out the host engine allows binds from these and nowhere else unasked.
     bind_roots: tuple[str, ...] = ()
+    #: URL of the session's host mirror (:mod:`pytest_isolated_docker.hostmirror`), "" for none.
+    host_mirror: str = ""
+
+    def registry_mirrors(self, backend: type[Backend]) -> tuple[str, ...]:
+        """The mirrors a daemon of ``backend`` pulls through, in order: the host mirror first
+        (when that backend takes it), then ``--docker-registry-mirror`` and the pull cache."""
+        first = (self.host_mirror,) if self._takes_host_mirror(backend) else ()
+        return (*first, *self.settings.registry_mirror)
+
+    def registry_certificates(self, backend: type[Backend]) -> bytes | None:
+        """A tar for ``/`` with the ``etc/docker/certs.d/`` entry that lets a daemon of
+        ``backend`` authenticate to the host mirror; None when it does not use one."""
+        if not self._takes_host_mirror(backend):
+            return None
+        return certs_d_archive(self.client_tls, (urllib.parse.urlsplit(self.host_mirror).netloc,))
+
+    def _takes_host_mirror(self, backend: type[Backend]) -> bool:
+        return bool(self.host_mirror) and backend.uses_host_mirror and self.settings.host_mirror
 
     @property
     def host_environment(self) -> dict[str, str]:
@@ -154,6 +174,9 @@ class Backend(abc.ABC):
     #: True when the daemon is the host's own engine behind a proxy: what the tests make lives
     #: there, and the engine's ID is the host engine's.
     host_engine: ClassVar[bool] = False
+    #: True when its daemons start without images and can reach the host mirror on the host
+    #: engine's bridge (they get it first among their registry mirrors).
+    uses_host_mirror: ClassVar[bool] = False
 
     def __init__(self, context: BackendContext) -> None:
         self.context = context

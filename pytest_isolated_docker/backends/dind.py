@@ -347,6 +347,7 @@ class DindBackend(Backend):
     name = "dind"
     roles = ("dind", "dind-data")
     shareable = True
+    uses_host_mirror = True
 
     _host: docker.DockerClient | None = None
     _machine = EngineMachine("local")
@@ -424,6 +425,9 @@ class DindBackend(Backend):
             tls = self.context.ca.server_tls(
                 ["127.0.0.1", "localhost", address, container.name or "", *self._container_ips()]
             )
+            certificates = self.context.registry_certificates(type(self))
+            if certificates is not None:
+                container.put_archive("/", certificates)
             # "ready" comes last: the entrypoint waits for it before starting dockerd.
             container.put_archive("/", server_archive(tls, "certs/", [("ready", b"")]))
         return Endpoint(f"tcp://{address}:{port}", self.context.client_tls)
@@ -483,7 +487,7 @@ class DindBackend(Backend):
         created = api.create_container(
             image,
             entrypoint=["sh", "-c", ENTRYPOINT, "pytest-isolated-docker-entrypoint"],
-            command=_dockerd_args(self.settings.registry_mirror),
+            command=_dockerd_args(self.context.registry_mirrors(type(self))),
             name=self.object_name("dind"),
             labels={
                 **self.labels("dind"),

@@ -169,6 +169,7 @@ PRECEDENCE: dict[str, tuple[tuple[Any, Any], tuple[str, Any], tuple[Any, Any]]] 
         ("http://e", ("http://e",)),
         (["http://i"], ("http://i",)),
     ),
+    "host_mirror": (("false", False), ("yes", True), ("off", False)),
     "guard_allow_bind": (
         (["/f", "/g:ro"], ("/f", "/g:ro")),
         ("/e,/e2:ro", ("/e", "/e2:ro")),
