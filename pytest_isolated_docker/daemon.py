@@ -226,6 +226,8 @@ class DockerDaemon:
         self.endpoint = endpoint
         self.api_version = api_version
         self.startup_seconds = startup_seconds
+        #: When it answered (``time.time()``): a spare answered before the test that took it.
+        self.ready_at = time.time()
         self.preload_seconds = 0.0
         self.reset_stats = ResetStats()
         self._client: docker.DockerClient | None = None

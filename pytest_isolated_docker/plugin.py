@@ -21,7 +21,7 @@ from .errors import DaemonUnavailable, StartupError
 from .images import ensure_on_host
 from .labels import Identity, new_session_id
 from .session import WORKER_DAEMON_FIXTURES, DockerSession, session_key, test_daemon_key
-from .settings import OPTIONS, Settings, SettingsError, resolve
+from .settings import OPTIONS, Settings, SettingsError, override, resolve
 
 _WORKERINPUT_KEY = "pytest_isolated_docker_session"
 _WORKEROUTPUT_KEY = "pytest_isolated_docker_daemons"
@@ -202,12 +202,39 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         config.stash[session_key].start_in_background()
 
 
+def _own_daemon_options(item: pytest.Item | None) -> dict[str, Any] | None:
+    """The options of the daemon of its own ``item`` will take (its marker's), or None."""
+    if item is None or not WORKER_DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return None
+    marker = item.get_closest_marker("docker_daemon")
+    if marker is None or not marker.kwargs:
+        return None
+    return {name: value for name, value in marker.kwargs.items() if name != "fresh"}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Start the worker's daemon for the test about to run or, ahead of time, for the next one
-    (an xdist worker learns its tests one by one)."""
+    (an xdist worker learns its tests one by one); and the daemon of its own the next test will
+    take (a warm spare)."""
+    state = item.config.stash[session_key]
     if _needs_worker_daemon(item) or _needs_worker_daemon(nextitem):
-        item.config.stash[session_key].start_in_background()
+        state.start_in_background()
+    # Spares are taken in order: this test's first (unless the test before had it started).
+    for test in (item, nextitem):
+        options = _own_daemon_options(test)
+        if test is None or options is None or test.stash.get(_spare_key, False):
+            continue
+        try:
+            settings = override(state.settings, options, "@pytest.mark.docker_daemon")
+        except SettingsError:
+            continue  # the test itself reports its bad marker
+        state.prepare_daemon(settings)
+        test.stash[_spare_key] = True
+
+
+#: Set on a test once the daemon of its own it will take is being started.
+_spare_key = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(hookwrapper=True)

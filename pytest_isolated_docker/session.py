@@ -27,6 +27,7 @@ from .lifecycle import start_daemon
 from .placement import Placement, Pool
 from .settings import Settings, SettingsError, override
 from .sharing import SharedBackend
+from .spares import Spares
 
 #: A file in the session directory: some process of the session began to use the host engine.
 ENGINE_USED = "engine-used"
@@ -64,6 +65,7 @@ class DockerSession:
         self._watchdog: reaper.Watchdog | None = None
         self.summaries: list[dict[str, Any]] = []
         self.session_leftovers: list[str] = []
+        self._spares = Spares(self._start_own, self._finish)
 
     def add_mirror(self, url: str) -> None:
         self.settings = self.settings.replace(registry_mirror=(*self.settings.registry_mirror, url))
@@ -209,16 +211,33 @@ class DockerSession:
             pytest.fail(str(exc), pytrace=False)
 
     def start_daemon(self, settings: Settings) -> DockerDaemon:
-        """A new daemon of its own with ``settings`` (the caller stops it with :meth:`record`)."""
+        """A new daemon of its own with ``settings``: the spare :meth:`prepare_daemon` started,
+        else one started now (the caller hands it back with :meth:`record`)."""
         self.guard()
+        return self._spares.take(settings)
+
+    def prepare_daemon(self, settings: Settings) -> None:
+        """Start a daemon with ``settings`` in the background, for the next :meth:`start_daemon`
+        with the same settings (the next test's, known ahead)."""
+        self.guard()
+        self._spares.prepare(settings)
+
+    def _start_own(self, settings: Settings) -> DockerDaemon:
         self._serve_host_images(settings)
         context = dataclasses.replace(self.context, settings=settings)
         return self._placed(context, backend_class(settings.backend))
 
     def record(self, daemon: DockerDaemon, label: str) -> None:
-        """Stop ``daemon`` and keep its facts for the terminal summary."""
+        """Stop ``daemon`` in the background and keep its facts for the terminal summary."""
+        self._spares.retire(daemon, label)
+
+    def _finish(self, daemon: DockerDaemon, label: str) -> None:
+        """Stop ``daemon``; record its facts, and as leaks what it left or why it did not stop."""
         facts = daemon.describe()
-        leftovers = daemon.stop()
+        try:
+            leftovers = daemon.stop()
+        except Exception as exc:  # in the background: reported, not raised
+            leftovers = [f"(stopping it failed: {exc})"]
         placement = self._placements.pop(id(daemon), None)
         if placement is not None:
             placement.release()
@@ -261,6 +280,7 @@ class DockerSession:
         daemon = self.started_daemon
         if daemon is not None:
             self.record(daemon, "worker")
+        self._spares.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         if self.holds_pull_cache:

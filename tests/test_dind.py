@@ -172,6 +172,40 @@ def test_fresh_marker_gives_a_daemon_of_its_own(pytester: pytest.Pytester, tmp_p
     )
 
 
+def test_fresh_daemons_are_started_ahead_and_stopped_off_the_critical_path(
+    pytester: pytest.Pytester, tmp_path: Path, host_engine: docker.DockerClient
+) -> None:
+    """While one fresh test runs, the next one's daemon starts; each test gets its own."""
+    pytester.makepyfile(
+        """
+        import time
+        import pytest
+
+        SEEN = []
+
+        @pytest.fixture
+        def began():
+            return time.time()
+
+        @pytest.mark.docker_daemon(fresh=True)
+        @pytest.mark.parametrize("i", range(3))
+        def test_fresh(began, docker_test_daemon, docker_client, i):
+            assert docker_client.containers.list(all=True) == []
+            docker_client.containers.create("debian:bookworm-slim", ["true"])
+            assert docker_test_daemon.base_url not in SEEN
+            SEEN.append(docker_test_daemon.base_url)
+            if i > 0:  # started while the test before ran
+                assert docker_test_daemon.ready_at < began
+            time.sleep(3)  # time enough for the next test's spare to start
+        """
+    )
+    result = _run(pytester, tmp_path, "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*leaks at teardown: 0 [[]fresh for *test_fresh[[]2[]][]]*"])
+    assert "spare, not used" not in result.stdout.str()
+    assert labelled(host_engine, session_of(result.stdout.str())) == []
+
+
 def test_failing_test_gets_the_daemon_log(pytester: pytest.Pytester, tmp_path: Path) -> None:
     pytester.makepyfile(
         """
