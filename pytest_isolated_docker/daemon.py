@@ -35,6 +35,9 @@ class DaemonBackend(Protocol):
     @property
     def host_engine(self) -> bool: ...
 
+    @property
+    def cheap_to_replace(self) -> bool: ...
+
     def logs(self, tail: int) -> str: ...
 
     def details(self) -> Mapping[str, Any]: ...
@@ -212,6 +215,19 @@ class ResetStats:
         return self.containers + self.networks + self.volumes
 
 
+#: What :meth:`DockerDaemon.swap` exchanges: all that says which daemon an object stands for.
+_DAEMON_STATE = (
+    "_backend",
+    "endpoint",
+    "api_version",
+    "startup_seconds",
+    "ready_at",
+    "preload_seconds",
+    "_client",
+    "_stopped",
+)
+
+
 class DockerDaemon:
     """An isolated Docker daemon (or, for the socket backend, the host's engine).
 
@@ -251,6 +267,11 @@ class DockerDaemon:
         return self._backend.host_engine
 
     @property
+    def cheap_to_replace(self) -> bool:
+        """True when a spare daemon starts faster than many containers are removed (dind)."""
+        return self._backend.cheap_to_replace
+
+    @property
     def base_url(self) -> str:
         return self.endpoint.base_url
 
@@ -286,6 +307,26 @@ class DockerDaemon:
         facts["startup_seconds"] = round(self.startup_seconds, 3)
         facts["preload_seconds"] = round(self.preload_seconds, 3)
         return facts
+
+    def swap(self, other: DockerDaemon) -> None:
+        """Stand for ``other``'s daemon from now on, and make ``other`` stand for the one this
+        object stood for (for the caller to stop). Each object keeps its reset statistics."""
+        with self._client_lock, other._client_lock:
+            for name in _DAEMON_STATE:
+                mine, theirs = getattr(self, name), getattr(other, name)
+                setattr(self, name, theirs)
+                setattr(other, name, mine)
+
+    def holdings(self) -> ResetStats:
+        """How many containers, custom networks and volumes the daemon holds now (that a reset
+        with nothing to keep would remove)."""
+        api = self.client.api
+        filters = self._backend.owned_filters()
+        return ResetStats(
+            containers=len(api.containers(all=True, quiet=True, filters=dict(filters))),
+            networks=len(api.networks(filters={**filters, "type": ["custom"]})),
+            volumes=len(api.volumes(filters=dict(filters)).get("Volumes") or []),
+        )
 
     def baseline(self) -> Baseline:
         """The objects the daemon holds now (that a later :meth:`reset` keeps)."""

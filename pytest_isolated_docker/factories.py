@@ -87,7 +87,7 @@ def docker_test_daemon(daemon_fixture: str, *, doc: str | None = None) -> Callab
         settings = session.settings_for(options, "@pytest.mark.docker_daemon")
         daemon = daemon_or_outcome(settings, lambda: session.start_daemon(settings))
         try:
-            with session.used_by_test(request, daemon):
+            with session.used_by_test(request, daemon, reset=False):
                 yield daemon
         finally:
             session.record(daemon, f"fresh for {request.node.nodeid}")

@@ -220,8 +220,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     state = item.config.stash[session_key]
     if _needs_worker_daemon(item) or _needs_worker_daemon(nextitem):
         state.start_in_background()
-    # Spares are taken in order: this test's first (unless the test before had it started).
-    for test in (item, nextitem):
+    # Spares are taken in order: this test's first (unless a test before had it started).
+    for test in (item, *_coming(item, nextitem)):
         options = _own_daemon_options(test)
         if test is None or options is None or test.stash.get(_spare_key, False):
             continue
@@ -235,6 +235,27 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 #: Set on a test once the daemon of its own it will take is being started.
 _spare_key = pytest.StashKey[bool]()
+#: Where each test is in the run's order (without xdist, which hands out tests one by one).
+_order_key = pytest.StashKey[dict[int, int]]()
+#: How many tests ahead spares are started: a daemon takes longer to start than a short test
+#: runs, so the next test's alone would often not be ready in time.
+SPARES_AHEAD = 2
+
+
+def _coming(item: pytest.Item, nextitem: pytest.Item | None) -> list[pytest.Item]:
+    """The tests that run after ``item``: :data:`SPARES_AHEAD` of them when the order is known
+    (no xdist), else the next one (an xdist worker knows only that one)."""
+    config = item.config
+    items = item.session.items
+    if hasattr(config, "workerinput") or nextitem is None or not items:
+        return [nextitem] if nextitem is not None else []
+    order = config.stash.get(_order_key, None)
+    if order is None or len(order) != len(items):
+        order = config.stash[_order_key] = {id(test): i for i, test in enumerate(items)}
+    index = order.get(id(item))
+    if index is None or items[index + 1 : index + 2] != [nextitem]:
+        return [nextitem]
+    return items[index + 1 : index + 1 + SPARES_AHEAD]
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -29,6 +29,9 @@ from .settings import Settings, SettingsError, override
 from .sharing import SharedBackend
 from .spares import Spares
 
+#: A reset facing at least this many containers swaps in a warm spare when it may.
+SWAP_AT_CONTAINERS = 5
+
 #: A file in the session directory: some process of the session began to use the host engine.
 ENGINE_USED = "engine-used"
 
@@ -66,6 +69,8 @@ class DockerSession:
         self.summaries: list[dict[str, Any]] = []
         self.session_leftovers: list[str] = []
         self._spares = Spares(self._start_own, self._finish)
+        #: A fixture wider than a test used the worker's daemon (see :meth:`_note_wider_users`).
+        self._worker_daemon_held = False
 
     def add_mirror(self, url: str) -> None:
         self.settings = self.settings.replace(registry_mirror=(*self.settings.registry_mirror, url))
@@ -232,7 +237,9 @@ class DockerSession:
         self._spares.retire(daemon, label)
 
     def _finish(self, daemon: DockerDaemon, label: str) -> None:
-        """Stop ``daemon``; record its facts, and as leaks what it left or why it did not stop."""
+        """Stop ``daemon``; record its facts, and as leaks what it left or why it did not stop.
+        A daemon swapped out by a reset or a spare no test took (no ``label``) is recorded only
+        if it leaked."""
         facts = daemon.describe()
         try:
             leftovers = daemon.stop()
@@ -241,6 +248,9 @@ class DockerSession:
         placement = self._placements.pop(id(daemon), None)
         if placement is not None:
             placement.release()
+        if not label and not leftovers:
+            return
+        label = label or "swapped out by a reset, or a spare no test took"
         facts.update(
             worker=self.identity.worker,
             label=label,
@@ -253,24 +263,101 @@ class DockerSession:
     # ---- a test's use of a daemon -----------------------------------------------------------
 
     @contextlib.contextmanager
-    def used_by_test(self, request: pytest.FixtureRequest, daemon: DockerDaemon) -> Iterator[None]:
+    def used_by_test(
+        self, request: pytest.FixtureRequest, daemon: DockerDaemon, *, reset: bool = True
+    ) -> Iterator[None]:
         """While a test uses ``daemon``: its failure report carries the daemon's log, and at its
         end what appeared during the test is removed (``--docker-reset=test``). Objects that
-        existed when the test began, those of wider-scoped fixtures among them, stay."""
+        existed when the test began, those of wider-scoped fixtures among them, stay. A daemon
+        the test has to itself (``reset=False``) is destroyed instead: nothing to reset."""
         uses = request.node.stash.setdefault(test_uses_key, {})
         if id(daemon) in uses:  # another fixture of this test tracks it already
             yield
             return
         uses[id(daemon)] = daemon
         request.node.stash[test_daemon_key] = daemon
-        reset = self.settings.reset == "test"
+        reset = reset and self.settings.reset == "test"
         baseline = daemon.baseline() if reset else Baseline()
+        if daemon is self.started_daemon:
+            self._note_wider_users(request)
         try:
             yield
         finally:
             uses.pop(id(daemon), None)
             if reset:
-                daemon.reset(keep=baseline)
+                self._reset(daemon, baseline)
+
+    def _note_wider_users(self, request: pytest.FixtureRequest) -> None:
+        """Remember for good when a fixture wider than a test uses the worker's daemon: it may
+        hold the daemon's address, so that daemon is never swapped for a spare."""
+        if self._worker_daemon_held:
+            return
+        info = getattr(request.node, "_fixtureinfo", None)
+        definitions = getattr(info, "name2fixturedefs", None)
+        if definitions is None:  # another pytest: assume the worst
+            self._worker_daemon_held = True
+            return
+        for chain in definitions.values():
+            fixture = chain[-1]
+            if getattr(fixture, "scope", "function") != "function" and (
+                WORKER_DAEMON_FIXTURES.intersection(getattr(fixture, "argnames", ()))
+            ):
+                self._worker_daemon_held = True
+                return
+
+    def _reset(self, daemon: DockerDaemon, baseline: Baseline) -> None:
+        """Empty ``daemon`` after a test. When the test left many containers on the worker's
+        daemon and nothing else of it must stay, swap in a warm spare (started after an earlier
+        such reset) and destroy the used daemon in the background: removing twenty containers
+        takes seconds, the swap milliseconds."""
+        swappable = self._swappable(daemon, baseline)
+        if swappable:
+            held = daemon.holdings()
+            if held.containers >= SWAP_AT_CONTAINERS:
+                spare = self._spares.ready(self.settings)
+                if spare is not None:
+                    daemon.swap(spare)  # ``spare`` now stands for the used daemon
+                    self._swap_placements(daemon, spare)
+                    held.resets = 1
+                    daemon.reset_stats.add(held)
+                    self._spares.retire(spare, "")
+                    self._spares.prepare(self.settings)
+                    return
+        stats = daemon.reset(keep=baseline)
+        many = stats.containers >= SWAP_AT_CONTAINERS
+        if swappable and many and not self._spares.pending(self.settings):
+            self._spares.prepare(self.settings)  # for the next such reset
+
+    def _swap_placements(self, one: DockerDaemon, other: DockerDaemon) -> None:
+        first = self._placements.pop(id(one), None)
+        second = self._placements.pop(id(other), None)
+        if second is not None:
+            self._placements[id(one)] = second
+        if first is not None:
+            self._placements[id(other)] = first
+
+    def _swappable(self, daemon: DockerDaemon, baseline: Baseline) -> bool:
+        """The worker's own daemon (not shared), of a backend cheap to replace, used by no wider
+        fixture, keeping nothing from before the test, and holding only images a new daemon has
+        too (preloaded, or pulled: they can be pulled again; a built one cannot)."""
+        if (
+            daemon is not self.started_daemon
+            or self.settings.scope != "worker"
+            or not daemon.cheap_to_replace
+            or self._worker_daemon_held
+            or baseline.containers
+            or baseline.volumes
+        ):
+            return False
+        api = daemon.client.api
+        custom = {n["Id"] for n in api.networks(filters={"type": ["custom"]})}
+        if custom & baseline.networks:
+            return False
+        preloaded = set(self.settings.preload)
+        return all(
+            image.get("RepoDigests") or preloaded.intersection(image.get("RepoTags") or ())
+            for image in api.images()
+        )
 
     # ---- the end ----------------------------------------------------------------------------
 

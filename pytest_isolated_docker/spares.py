@@ -32,7 +32,7 @@ class Spares:
         self._lock = threading.Lock()
         self._spares: dict[Settings, list[concurrent.futures.Future[DockerDaemon]]] = {}
         self._starter = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="pytest-isolated-docker-spare"
+            max_workers=2, thread_name_prefix="pytest-isolated-docker-spare"
         )
         self._finisher = concurrent.futures.ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="pytest-isolated-docker-retire"
@@ -59,13 +59,29 @@ class Spares:
                 pass
         return self._start(settings)
 
+    def ready(self, settings: Settings) -> DockerDaemon | None:
+        """A spare with ``settings`` that is ready now, without waiting; else None."""
+        with self._lock:
+            waiting = self._spares.get(settings) or []
+            for future in waiting:
+                if future.done() and future.exception() is None:
+                    waiting.remove(future)
+                    return future.result()
+        return None
+
+    def pending(self, settings: Settings) -> int:
+        """How many spares with ``settings`` are ready or starting."""
+        with self._lock:
+            return len(self._spares.get(settings) or [])
+
     def retire(self, daemon: DockerDaemon, label: str) -> None:
         """Finish ``daemon`` (stop it, record its facts) in the background."""
         with self._lock:
             self._retiring.append(self._finisher.submit(self._finish, daemon, label))
 
     def close(self) -> None:
-        """Finish the spares no test took and wait until every daemon is finished."""
+        """Finish the spares no test took (no label: reported only if they leaked) and wait
+        until every daemon is finished."""
         with self._lock:
             unused = [future for futures in self._spares.values() for future in futures]
             self._spares = {}
@@ -76,7 +92,7 @@ class Spares:
                 daemon = future.result()
             except Exception:  # a spare nobody took: its error concerns no test
                 continue
-            self.retire(daemon, "spare, not used")
+            self.retire(daemon, "")
         self._starter.shutdown(wait=True)
         with self._lock:
             retiring, self._retiring = self._retiring, []

@@ -202,7 +202,43 @@ def test_fresh_daemons_are_started_ahead_and_stopped_off_the_critical_path(
     result = _run(pytester, tmp_path, "-p", "no:randomly")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*leaks at teardown: 0 [[]fresh for *test_fresh[[]2[]][]]*"])
-    assert "spare, not used" not in result.stdout.str()
+    assert labelled(host_engine, session_of(result.stdout.str())) == []
+
+
+def test_a_reset_with_many_containers_swaps_in_a_spare_unless_a_wider_fixture_holds_it(
+    pytester: pytest.Pytester, tmp_path: Path, host_engine: docker.DockerClient
+) -> None:
+    many = """
+        import time
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_many(docker_client, i):
+            assert docker_client.containers.list(all=True) == []
+            with open("engines-{name}", "a") as seen:
+                seen.write(docker_client.info()["ID"] + "\\n")
+            for _ in range(6):
+                docker_client.containers.run("debian:bookworm-slim", "sleep 300", detach=True)
+            time.sleep(2)  # time enough for a spare to start
+        """
+    pytester.makepyfile(
+        test_a_swaps=many.format(name="a"),
+        test_b_held=many.format(name="b")
+        + """
+        @pytest.fixture(scope="module", autouse=True)
+        def module_address(docker_daemon):
+            return docker_daemon.base_url
+        """,
+    )
+    result = _run(pytester, tmp_path, "-p", "no:randomly")
+    result.assert_outcomes(passed=8)
+    swapped = (pytester.path / "engines-a").read_text().split()
+    held = (pytester.path / "engines-b").read_text().split()
+    # The first heavy reset removes its containers and has a spare started; later ones swap.
+    assert len(set(swapped)) >= 3, swapped
+    assert len(set(held)) == 1, held
+    result.stdout.fnmatch_lines(["main: dind *, 8 resets removed 48 objects, leaks at teardown: 0"])
+    assert "swapped out" not in result.stdout.str()  # nothing leaked
     assert labelled(host_engine, session_of(result.stdout.str())) == []
 
 

@@ -174,6 +174,9 @@ class Backend(abc.ABC):
     #: True when the daemon is the host's own engine behind a proxy: what the tests make lives
     #: there, and the engine's ID is the host engine's.
     host_engine: ClassVar[bool] = False
+    #: True when a new daemon starts faster than many containers are removed: a reset may then
+    #: swap in a warm spare and destroy the used daemon in the background.
+    cheap_to_replace: ClassVar[bool] = False
     #: True when its daemons start without images and can reach the host mirror on the host
     #: engine's bridge (they get it first among their registry mirrors).
     uses_host_mirror: ClassVar[bool] = False

@@ -347,6 +347,7 @@ class DindBackend(Backend):
     name = "dind"
     roles = ("dind", "dind-data")
     shareable = True
+    cheap_to_replace = True
     uses_host_mirror = True
 
     _host: docker.DockerClient | None = None
