@@ -193,12 +193,18 @@ def _needs_worker_daemon(item: pytest.Item | None) -> bool:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Without xdist: start the daemon in the background once the tests that will run are known
-    (after deselection), if one of them needs it; never for --collect-only."""
+    """Start the daemon in the background once the tests that will run are known (after
+    deselection), if one of them needs it; never for --collect-only."""
     config = session.config
-    if config.option.collectonly or hasattr(config, "workerinput"):
-        return  # an xdist worker starts when it is handed a test that needs the daemon
-    if any(_needs_worker_daemon(item) for item in session.items):
+    if config.option.collectonly:
+        return
+    needing = sum(1 for item in session.items if _needs_worker_daemon(item))
+    workerinput = getattr(config, "workerinput", None)
+    # An xdist worker collects every test but runs only those it is handed: it starts at once
+    # when there are enough such tests for every worker to get one (while the controller still
+    # schedules), else when it is handed one.
+    workers = int(workerinput.get("workercount", 1)) if workerinput is not None else 1
+    if needing and needing >= workers:
         config.stash[session_key].start_in_background()
 
 
