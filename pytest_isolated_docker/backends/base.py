@@ -11,6 +11,7 @@ import abc
 import contextlib
 import functools
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -257,10 +258,10 @@ class Backend(abc.ABC):
         """Backend-specific facts for the report (mode, image, ...)."""
         return {}
 
-    def preload(self, target: docker.DockerClient) -> float:
-        """Load the configured images from the host engine into the started daemon."""
-        if not self.settings.preload:
-            return 0.0
+    @contextlib.contextmanager
+    def preload_source(self) -> Iterator[docker.DockerClient]:
+        """A client of the host engine holding every configured preload image (brought there
+        from this machine's other engines, or pulled, when it lacks some)."""
         with contextlib.closing(self.context.host_client()) as host:
             missing = [image for image in self.settings.preload if not image_exists(host, image)]
             if missing:  # an engine of a pool, say, that has not had them yet
@@ -270,6 +271,13 @@ class Backend(abc.ABC):
                 finally:
                     for donor in donors:
                         donor.close()
+            yield host
+
+    def preload(self, target: docker.DockerClient) -> float:
+        """Load the configured images from the host engine into the started daemon."""
+        if not self.settings.preload:
+            return 0.0
+        with self.preload_source() as host:
             return preload(host, target, self.settings.preload)
 
     def leftovers(self) -> list[str]:
