@@ -194,8 +194,10 @@ class QemuDriver(MachineDriver):
                 )
             disk, incoming = snapshot.disk(), snapshot.state
             self.preloaded = preload is not None
-            self._boot = "restored from a snapshot" + (
-                f" (made in {seconds:.1f} s)" if seconds else ""
+            self._boot = (
+                "restored from a snapshot"
+                + (" holding the preloaded images" if self.preloaded else "")
+                + (f" (made in {seconds:.1f} s)" if seconds else "")
             )
         else:
             self._boot = "cold boot"
