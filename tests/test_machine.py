@@ -61,6 +61,14 @@ def shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_dir().parent))
 
 
+def run_machine(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """An inner pytest run on the machine backend (the generous startup timeout) with ``args``."""
+    return pytester.runpytest_subprocess(
+        "--docker-backend=machine", STARTUP, *args, "-p", "no:cacheprovider",
+        timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+
+
 def session_of(result: pytest.RunResult) -> str:
     match = re.search(r"isolated-docker: backend=\S+ .*session=(\S+)", result.stdout.str())
     assert match, result.stdout.str()
@@ -117,10 +125,7 @@ def test_container_writing_to_root_of_its_host_does_not_touch_the_real_host(
 ) -> None:
     marker = f"pytest-isolated-docker-machine-{uuid.uuid4().hex}"
     pytester.makepyfile(ISOLATION_TEST.format(marker=marker))
-    result = pytester.runpytest_subprocess(
-        "--docker-backend=machine", PRELOAD, STARTUP, "-p", "no:cacheprovider",
-        timeout=SUBPROCESS_TIMEOUT,
-    )  # fmt: skip
+    result = run_machine(pytester, PRELOAD)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -358,10 +363,7 @@ def test_preloaded_image_is_on_the_vms_disk_and_a_removal_stays_in_that_vm(
     the snapshot made for the preload set; each removes it, which the other does not see."""
     image_id = host.images.get("debian:bookworm-slim").id
     pytester.makepyfile(PRELOADED_TEST.format(image_id=image_id))
-    result = pytester.runpytest_subprocess(
-        "--docker-backend=machine", PRELOAD, STARTUP, "-p", "no:cacheprovider",
-        timeout=SUBPROCESS_TIMEOUT,
-    )  # fmt: skip
+    result = run_machine(pytester, PRELOAD)
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*restored from a snapshot holding the preloaded images*"])
     assert_nothing_left(session_of(result))
