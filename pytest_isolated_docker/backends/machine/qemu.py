@@ -180,20 +180,20 @@ class QemuDriver(MachineDriver):
         disk, incoming = Disk(root_disk, "raw"), None
         if from_snapshot:
             with contextlib.ExitStack() as stack:
-                preload = None
+                images = None
                 if self.settings.preload:
                     host = stack.enter_context(self.backend.preload_source())
-                    preload = self._preload(host)
+                    images = self._preload(host)
                 snapshot, seconds = ensure_snapshot(
                     machine,
                     root_disk,
                     self.context.session_dir / f"vm-{self.backend.instance}-snapshot",
                     self.backend.object_name("vm-snapshot"),
                     timeout,
-                    preload,
+                    images,
                 )
             disk, incoming = snapshot.disk(), snapshot.state
-            self.preloaded = preload is not None
+            self.preloaded = images is not None
             self._boot = (
                 "restored from a snapshot"
                 + (" holding the preloaded images" if self.preloaded else "")
