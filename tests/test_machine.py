@@ -61,6 +61,14 @@ def shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_dir().parent))
 
 
+def run_machine(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """An inner pytest run on the machine backend (the generous startup timeout) with ``args``."""
+    return pytester.runpytest_subprocess(
+        "--docker-backend=machine", STARTUP, *args, "-p", "no:cacheprovider",
+        timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+
+
 def session_of(result: pytest.RunResult) -> str:
     match = re.search(r"isolated-docker: backend=\S+ .*session=(\S+)", result.stdout.str())
     assert match, result.stdout.str()
@@ -117,10 +125,7 @@ def test_container_writing_to_root_of_its_host_does_not_touch_the_real_host(
 ) -> None:
     marker = f"pytest-isolated-docker-machine-{uuid.uuid4().hex}"
     pytester.makepyfile(ISOLATION_TEST.format(marker=marker))
-    result = pytester.runpytest_subprocess(
-        "--docker-backend=machine", PRELOAD, STARTUP, "-p", "no:cacheprovider",
-        timeout=SUBPROCESS_TIMEOUT,
-    )  # fmt: skip
+    result = run_machine(pytester, PRELOAD)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -316,6 +321,102 @@ def test_snapshot_is_made_once_and_a_killed_build_leaves_nothing(
     reused.assert_outcomes(passed=1)
     reused.stdout.fnmatch_lines(["*qemu * vCPU, restored from a snapshot at tcp://*"])
     assert len(list(snapshots.glob("*/meta.json"))) == 1
+
+
+# --- preloaded images from the snapshot's disk --------------------------------------------
+
+PRELOADED_TEST = """
+import pytest
+
+IMAGE = "debian:bookworm-slim"
+ENGINE_IDS = set()
+
+
+def check_and_remove(docker_client, docker_daemon):
+    assert "snapshot holding the preloaded images" in docker_daemon.describe()["mode"]
+    ENGINE_IDS.add(docker_client.info()["ID"])  # each dockerd has an identity of its own
+    assert docker_client.images.get(IMAGE).id == "{image_id}"
+    out = docker_client.containers.run(IMAGE, ["echo", "from the disk"], remove=True)
+    assert out == b"from the disk\\n"
+    docker_client.images.remove(IMAGE, force=True)
+    assert IMAGE not in [t for i in docker_client.images.list() for t in i.tags]
+
+
+def test_session_vm(docker_client, docker_daemon):
+    check_and_remove(docker_client, docker_daemon)
+
+
+@pytest.mark.docker_daemon(fresh=True)
+def test_next_vm(docker_client, docker_daemon):
+    check_and_remove(docker_client, docker_daemon)
+
+
+def test_two_identities():
+    assert len(ENGINE_IDS) == 2
+"""
+
+
+def test_preloaded_image_is_on_the_vms_disk_and_a_removal_stays_in_that_vm(
+    pytester: pytest.Pytester, vm_image: Path, host: docker.DockerClient
+) -> None:
+    """Both VMs (the session's and a fresh one, in either order) find the image at start, from
+    the snapshot made for the preload set; each removes it, which the other does not see."""
+    image_id = host.images.get("debian:bookworm-slim").id
+    pytester.makepyfile(PRELOADED_TEST.format(image_id=image_id))
+    result = run_machine(pytester, PRELOAD)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*restored from a snapshot holding the preloaded images*"])
+    assert_nothing_left(session_of(result))
+    assert any(
+        json.loads(meta.read_text()).get("images") == {"debian:bookworm-slim": image_id}
+        for meta in (cache_dir() / "vm-snapshots").glob("*/meta.json")
+    )
+
+
+def test_snapshot_with_images_is_made_again_for_another_preload_set(
+    pytester: pytest.Pytester, vm_image: Path, host: docker.DockerClient, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A snapshot cache of its own: one preload set makes a snapshot, the same set reuses it,
+    another set (an extra name, even of the same image) makes another. A rebuilt VM image
+    (another root disk) or a rebuilt image (another ID) changes the key too."""
+    from pytest_isolated_docker.backends.machine.snapshot import snapshot_key
+    from pytest_isolated_docker.backends.machine.vm import Machine
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    snapshots = tmp_path / "cache" / "pytest-isolated-docker" / "vm-snapshots"
+    extra = f"pytest-isolated-docker-test/preload:{uuid.uuid4().hex[:8]}"
+    host.images.get("debian:bookworm-slim").tag(extra)
+    pytester.makepyfile(NEEDS_DAEMON)
+    args = ("--docker-backend=machine", f"--docker-vm-image={vm_image}", PRELOAD, STARTUP,
+            "-p", "no:cacheprovider")  # fmt: skip
+    try:
+        for preload, made in (((), True), ((), False), ((f"--docker-preload={extra}",), True)):
+            result = pytester.runpytest_subprocess(*args, *preload, timeout=SUBPROCESS_TIMEOUT)
+            result.assert_outcomes(passed=1)
+            made_line = "*holding the preloaded images (made in * s) at tcp://*"
+            if made:
+                result.stdout.fnmatch_lines([made_line])
+            else:
+                result.stdout.fnmatch_lines(["*holding the preloaded images at tcp://*"])
+            assert_nothing_left(session_of(result))
+    finally:
+        host.images.remove(extra)
+    holding = sorted(
+        sorted(json.loads(meta.read_text())["images"]) for meta in snapshots.glob("*/meta.json")
+    )
+    assert holding == [["debian:bookworm-slim"], ["debian:bookworm-slim", extra]]
+
+    machine = Machine("qemu-system-x86_64", vm_image / "vmlinuz", vm_image / "initrd.img",
+                      "tcg", 2, 2048, True)  # fmt: skip
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"root")
+    images = (("debian:bookworm-slim", "sha256:1"),)
+    key = snapshot_key(machine, disk, images)
+    assert snapshot_key(machine, disk, (("debian:bookworm-slim", "sha256:2"),)) != key
+    assert snapshot_key(machine, disk, ()) != key
+    os.utime(disk, ns=(1, 1))  # the VM image rebuilt
+    assert snapshot_key(machine, disk, images) != key
 
 
 # --- docker-machine drivers -----------------------------------------------------------------

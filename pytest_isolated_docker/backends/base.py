@@ -12,6 +12,7 @@ import contextlib
 import functools
 import secrets
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -289,12 +290,19 @@ class Backend(abc.ABC):
         """Backend-specific facts for the report (mode, image, ...)."""
         return {}
 
+    @contextlib.contextmanager
+    def preload_source(self) -> Iterator[docker.DockerClient]:
+        """A client of the host engine holding every configured preload image (brought there
+        from this machine's other engines, or pulled, when it lacks some)."""
+        with contextlib.closing(self.context.host_client()) as host:
+            self.ensure_preload_on_host(host)
+            yield host
+
     def preload(self, target: docker.DockerClient) -> float:
         """Load the configured images from the host engine into the started daemon."""
         if not self.settings.preload:
             return 0.0
-        with contextlib.closing(self.context.host_client()) as host:
-            self.ensure_preload_on_host(host)
+        with self.preload_source() as host:
             return preload(host, target, self.settings.preload)
 
     def ensure_preload_on_host(self, host: docker.DockerClient) -> None:

@@ -15,6 +15,8 @@ class MachineDriver(abc.ABC):
 
     #: Short description for reports ("qemu", "docker-machine <driver>").
     kind: ClassVar[str]
+    #: True once :meth:`start` made a VM that already holds the preload images.
+    preloaded: bool = False
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

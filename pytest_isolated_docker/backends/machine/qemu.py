@@ -7,6 +7,8 @@ forwarded on 127.0.0.1 only. KVM is used when a short probe shows it works, else
 
 By default (``--docker-vm-boot=snapshot``) a VM is not booted but restored from a snapshot of a
 VM that booted as far as it can without its configuration (``snapshot.py``); ``cold`` boots each.
+With ``--docker-preload``, the snapshot holds the images too (one snapshot per preload set), so
+that they are there when the VM starts; a cold-booted VM has them streamed in.
 
 Everything a VM uses lives in ``<session dir>/vm-<instance>/``, QEMU's identity included
 (``vm.py``): the crash cleanup of a dead session (:meth:`QemuDriver.reap`) kills the QEMUs that
@@ -15,6 +17,8 @@ still run there.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import secrets
@@ -24,21 +28,30 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
+import docker
+
 from ...coordination import locked, read_json, runtime_root, write_json
-from ...daemon import Endpoint
+from ...daemon import Endpoint, wait_until_ready
 from ...errors import StartupError
-from ...images import VM_FILES, missing_vm_files, vm_image_dir
-from ...net import free_port
+from ...images import VM_FILES, missing_vm_files, preload, vm_image_dir
 from ...tls import server_archive
 from ..base import Backend, BackendContext, ReapIncomplete
 from .driver import MachineDriver
-from .snapshot import INSTALL_QEMU_IMG, QEMU_IMG, ensure_snapshot, unfinished_builds
-from .vm import QEMU_BINARY, Disk, Machine, QemuProcess, config_line, reap_qemu, tail
+from .snapshot import INSTALL_QEMU_IMG, QEMU_IMG, Preload, ensure_snapshot, unfinished_builds
+from .vm import (
+    QEMU_BINARY,
+    Diagnostics,
+    Disk,
+    Machine,
+    QemuProcess,
+    config_line,
+    reap_qemu,
+    tail,
+)
 
 HOST_FROM_GUEST = "10.0.2.2"
 VCPUS = 2
 MEMORY_MIB = 2048
-PORT_ATTEMPTS = 5
 KVM_PROBE_TIMEOUT = 8.0
 
 INSTALL_QEMU = (
@@ -166,38 +179,57 @@ class QemuDriver(MachineDriver):
         root_disk = self.image_dir / "disk.img"
         disk, incoming = Disk(root_disk, "raw"), None
         if from_snapshot:
-            snapshot, seconds = ensure_snapshot(
-                machine,
-                root_disk,
-                self.context.session_dir / f"vm-{self.backend.instance}-snapshot",
-                self.backend.object_name("vm-snapshot"),
-                timeout,
-            )
+            with contextlib.ExitStack() as stack:
+                images = None
+                if self.settings.preload:
+                    host = stack.enter_context(self.backend.preload_source())
+                    images = self._preload(host)
+                snapshot, seconds = ensure_snapshot(
+                    machine,
+                    root_disk,
+                    self.context.session_dir / f"vm-{self.backend.instance}-snapshot",
+                    self.backend.object_name("vm-snapshot"),
+                    timeout,
+                    images,
+                )
             disk, incoming = snapshot.disk(), snapshot.state
-            self._boot = "restored from a snapshot" + (
-                f" (made in {seconds:.1f} s)" if seconds else ""
+            self.preloaded = images is not None
+            self._boot = (
+                "restored from a snapshot"
+                + (" holding the preloaded images" if self.preloaded else "")
+                + (f" (made in {seconds:.1f} s)" if seconds else "")
             )
         else:
             self._boot = "cold boot"
         self.vm_dir.mkdir(mode=0o700)
         qemu = self.qemu = QemuProcess(self.vm_dir, machine, self.backend.object_name("vm"))
-        for _ in range(PORT_ATTEMPTS):
-            qemu.launch(disk, port=free_port(), incoming=incoming)
-            if qemu.wait_for_forwarding(30, self.backend.diagnostics):
-                break
-        else:
-            raise StartupError(
-                "start",
-                f"QEMU could not forward a port on 127.0.0.1 in {PORT_ATTEMPTS} attempts (each "
-                "picked port was taken before QEMU bound it). Free some local ports and retry.",
-                self.backend.diagnostics(),
-            )
+        qemu.launch_forwarded(disk, self.backend.diagnostics, incoming)
         if incoming is not None:
             qemu.resume_snapshot(timeout, self.backend.diagnostics)
         else:
             qemu.wait_until_guest_waits(timeout, self.backend.diagnostics)
         qemu.send_config(config_line(self._guest_config()), timeout, self.backend.diagnostics)
         return Endpoint(f"tcp://127.0.0.1:{qemu.port}", self.context.client_tls)
+
+    def _preload(self, host: docker.DockerClient) -> Preload:
+        """The preload images (as the host engine has them now) and how a snapshot's boot loads
+        them: through a dockerd with keys of this session, which the guest forgets again."""
+        names = self.settings.preload
+        images = tuple((name, str(host.api.inspect_image(name)["Id"])) for name in names)
+        timeout = self.settings.startup_timeout
+
+        def load(qemu: QemuProcess, diagnostics: Diagnostics) -> None:
+            server = self.context.ca.server_tls(["127.0.0.1", "localhost"])
+            qemu.send_config(config_line(server_archive(server), kind="load"), timeout, diagnostics)
+            endpoint = Endpoint(f"tcp://127.0.0.1:{qemu.port}", self.context.client_tls)
+            failure = functools.partial(_exited, qemu)
+            api_version = wait_until_ready(endpoint, timeout, failure, diagnostics)
+            # Loading under TCG can outlast a client's usual 60 s read timeout.
+            with contextlib.closing(endpoint.client(api_version, max(60.0, timeout))) as guest:
+                preload(host, guest, names)
+            qemu.send_config(b"loaded\n", timeout, diagnostics)
+
+        return Preload(images, load)
 
     def _guest_config(self) -> bytes:
         """What the guest's init unpacks: TLS files, dockerd's daemon.json and a fresh seed for
@@ -217,10 +249,7 @@ class QemuDriver(MachineDriver):
         )
 
     def failure(self) -> str | None:
-        code = self.qemu.exit_code() if self.qemu is not None else None
-        if code is None:
-            return None
-        return f"QEMU exited with code {code} (the guest stopped; see its console below)"
+        return _exited(self.qemu) if self.qemu is not None else None
 
     def state(self) -> str:
         qemu = self.qemu
@@ -288,6 +317,13 @@ class QemuDriver(MachineDriver):
         if self.vm_dir.exists():
             found.append(f"directory {self.vm_dir}")
         return found
+
+
+def _exited(qemu: QemuProcess) -> str | None:
+    code = qemu.exit_code()
+    if code is None:
+        return None
+    return f"QEMU exited with code {code} (the guest stopped; see its console below)"
 
 
 def _missing_image_message(directory: Path, missing: list[str], configured: str) -> str:

@@ -9,6 +9,13 @@ VM then starts with ``-incoming`` from that file on a throw-away overlay of the 
 resumes where the snapshot was taken, gets its own configuration and starts dockerd, whose TLS keys
 are its own.
 
+With ``--docker-preload`` the snapshot also holds the images: its boot starts a dockerd with
+keys of its own (kept in guest memory), the host streams the images into it once, dockerd stops,
+and the snapshot is taken. The images are then on the snapshot's qcow2 disk, which each restored
+VM sees through a throw-away overlay of its own: no image is streamed per VM, and whatever a VM
+does to its images stays in its overlay. Such a snapshot is keyed by the images' names and IDs
+too: another preload set, or an image rebuilt under the same name, makes another snapshot.
+
 Snapshots are cached per machine in ``<cache>/vm-snapshots/<key>/`` and made once (file lock);
 a build whose builder was killed is known by its builder lock, which nobody holds any more, and is
 removed by the next build or sweep.
@@ -25,14 +32,15 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ...coordination import Holder, cache_dir, is_held, locked, read_json, write_json
 from ...errors import StartupError
-from .vm import Disk, Machine, QemuProcess, tail
+from .vm import Diagnostics, Disk, Machine, QemuProcess, tail
 
 # Bumped when the guest side of the protocol (recipes/vm/init.sh) changes what a snapshot holds.
-PROTOCOL = "1"
+PROTOCOL = "2"
 STATE = "state"
 DISK = "disk.qcow2"
 QEMU_IMG = "qemu-img"
@@ -56,6 +64,19 @@ class Snapshot:
         return Disk(self.directory / DISK, "qcow2", throwaway=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Preload:
+    """Images a snapshot is to hold, and how its boot loads them.
+
+    ``images`` are ``(name, image ID)`` pairs (part of the snapshot's key); ``load`` is called
+    once the guest has started a dockerd for them (see ``recipes/vm/init.sh``) and returns once
+    they are loaded.
+    """
+
+    images: tuple[tuple[str, str], ...]
+    load: Callable[[QemuProcess, Diagnostics], None]
+
+
 def _qemu_version(binary: str) -> str:
     result = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
     return result.stdout.strip().splitlines()[0] if result.stdout.strip() else binary
@@ -66,9 +87,12 @@ def _file_identity(path: Path) -> list[object]:
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def snapshot_key(machine: Machine, root_disk: Path) -> str:
-    """Changes whenever a snapshot made with one of these could not be restored by another."""
-    identity = {
+def snapshot_key(
+    machine: Machine, root_disk: Path, images: tuple[tuple[str, str], ...] = ()
+) -> str:
+    """Changes whenever a snapshot made with one of these could not be restored by another, or
+    would hold other images (``(name, ID)`` pairs, in any order)."""
+    identity: dict[str, object] = {
         "protocol": PROTOCOL,
         "qemu": _qemu_version(machine.binary),
         "machine": {
@@ -79,6 +103,8 @@ def snapshot_key(machine: Machine, root_disk: Path) -> str:
         "kernel_args": machine.kernel_args(),
         "files": [_file_identity(p) for p in (machine.kernel, machine.initrd, root_disk)],
     }
+    if images:
+        identity["images"] = sorted(images)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     return digest.hexdigest()[:20]
 
@@ -111,9 +137,15 @@ def _remove_orphans(parent: Path) -> None:
 
 
 def ensure_snapshot(
-    machine: Machine, root_disk: Path, run_dir: Path, name: str, timeout: float
+    machine: Machine,
+    root_disk: Path,
+    run_dir: Path,
+    name: str,
+    timeout: float,
+    preload: Preload | None = None,
 ) -> tuple[Snapshot, float]:
-    """The snapshot for ``machine`` booted from ``root_disk``, made now unless cached.
+    """The snapshot for ``machine`` booted from ``root_disk`` (holding the images of
+    ``preload``), made now unless cached.
 
     Returns it with the seconds spent making it (0 when it was cached). ``run_dir`` is where the
     snapshot's QEMU runs (under the session dir, so that the crash reaper knows it).
@@ -121,7 +153,7 @@ def ensure_snapshot(
     parent = snapshots_dir()
     # A snapshot holds no key (those come after the restore), but it is a VM's memory: ours only.
     parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = snapshot_key(machine, root_disk)
+    key = snapshot_key(machine, root_disk, preload.images if preload else ())
     final = parent / key
     for build in unfinished_builds(key):
         shutil.rmtree(build, ignore_errors=True)
@@ -136,11 +168,9 @@ def ensure_snapshot(
         build.mkdir()
         started = time.monotonic()
         try:
-            _take_snapshot(machine, root_disk, build, run_dir, name, timeout)
-            write_json(
-                build / META,
-                {"root_disk": str(root_disk.resolve()), "machine": name, "made": time.time()},
-            )
+            _take_snapshot(machine, root_disk, build, run_dir, name, timeout, preload)
+            meta = {"root_disk": str(root_disk.resolve()), "machine": name, "made": time.time()}
+            write_json(build / META, {**meta, "images": dict(preload.images if preload else ())})
             if builder is not None:
                 builder.release()
             os.replace(build, final)
@@ -152,7 +182,13 @@ def ensure_snapshot(
 
 
 def _take_snapshot(
-    machine: Machine, root_disk: Path, build: Path, run_dir: Path, name: str, timeout: float
+    machine: Machine,
+    root_disk: Path,
+    build: Path,
+    run_dir: Path,
+    name: str,
+    timeout: float,
+    preload: Preload | None,
 ) -> None:
     try:
         subprocess.run(
@@ -177,8 +213,15 @@ def _take_snapshot(
         )
 
     try:
-        qemu.launch(Disk(build / DISK, "qcow2", throwaway=False))
+        disk = Disk(build / DISK, "qcow2", throwaway=False)
+        if preload is None:
+            qemu.launch(disk)
+        else:  # the host reaches the loading dockerd through a forwarded port
+            qemu.launch_forwarded(disk, diagnostics)
         qemu.wait_until_guest_waits(timeout, diagnostics)
+        if preload is not None:
+            preload.load(qemu, diagnostics)
+            qemu.wait_until_guest_waits(timeout, diagnostics)
         qemu.qmp("stop", timeout, diagnostics)
         target = f"exec:cat > {shlex.quote(str(build / STATE))}"
         qemu.qmp("migrate", timeout, diagnostics, uri=target)

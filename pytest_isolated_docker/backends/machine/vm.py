@@ -13,7 +13,10 @@ copy-on-write file of ``snapshot=on`` goes with the directory.
 
 The control channel carries one exchange: the guest's init writes ``ready`` once it waits for its
 configuration (containerd is up), and the host answers with one line,
-``config <unix time> <base64 of a gzipped tar>`` (TLS files, daemon.json, an entropy seed).
+``config <unix time> <base64 of a gzipped tar>`` (TLS files, daemon.json, an entropy seed). The
+boot that makes a snapshot with preloaded images first answers ``load <unix time> <payload>``
+(TLS files of a dockerd the images are loaded into) and, once they are, ``loaded``; the guest
+stops that dockerd and says ``ready`` again.
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ from ...coordination import (
     write_json,
 )
 from ...errors import StartupError
-from ...net import answers
+from ...net import answers, free_port
 
 QEMU_BINARY = "qemu-system-x86_64"
 GUEST_PORT = 2376
+PORT_ATTEMPTS = 5
 KERNEL_ARGS = (
     "console=ttyS0 root=/dev/vda rw rootfstype=ext4 init=/sbin/pytest-isolated-docker-init "
     "panic=1 quiet loglevel=3 mitigations=off"
@@ -111,10 +115,11 @@ def tail(path: Path, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def config_line(archive: bytes, now: float | None = None) -> bytes:
-    """The control channel's answer to ``ready``: the guest's clock and its configuration."""
+def config_line(archive: bytes, now: float | None = None, kind: str = "config") -> bytes:
+    """The control channel's answer to ``ready``: the guest's clock and its configuration
+    (``kind`` "config"), or the TLS files of a dockerd that loads images ("load")."""
     payload = base64.b64encode(gzip.compress(archive)).decode()
-    return f"config {time.time() if now is None else now:.3f} {payload}\n".encode()
+    return f"{kind} {time.time() if now is None else now:.3f} {payload}\n".encode()
 
 
 class QemuProcess:
@@ -201,6 +206,22 @@ class QemuProcess:
         finally:
             alive.release(unlink=False)
         write_json(self.identity_file, ProcessIdentity.of(self.process.pid).to_json())
+
+    def launch_forwarded(
+        self, disk: Disk, diagnostics: Diagnostics, incoming: Path | None = None
+    ) -> None:
+        """:meth:`launch` with the guest's dockerd port forwarded on a free 127.0.0.1 port
+        (another process may take a picked port before QEMU binds it: a few are tried)."""
+        for _ in range(PORT_ATTEMPTS):
+            self.launch(disk, port=free_port(), incoming=incoming)
+            if self.wait_for_forwarding(30, diagnostics):
+                return
+        raise StartupError(
+            "start",
+            f"QEMU could not forward a port on 127.0.0.1 in {PORT_ATTEMPTS} attempts (each "
+            "picked port was taken before QEMU bound it). Free some local ports and retry.",
+            diagnostics(),
+        )
 
     def exit_code(self) -> int | None:
         return None if self.process is None else self.process.poll()

@@ -2,8 +2,8 @@
 # PID 1 of the machine backend's VM (kernel argument init=/sbin/pytest-isolated-docker-init).
 # Mounts the kernel filesystems, loads the modules dockerd needs, configures QEMU's user-mode
 # network and runs containerd; then waits for the host's configuration on the control channel
-# (certificates, daemon.json, clock, entropy; see backends/machine/vm.py) and runs dockerd with
-# mutual TLS on 0.0.0.0:2376. When dockerd exits, so does this script: the kernel panics (panic=1)
+# (certificates, daemon.json, clock, entropy; see backends/machine/vm.py; a snapshot's boot may
+# first be asked to load images) and runs dockerd with mutual TLS on 0.0.0.0:2376. When dockerd exits, so does this script: the kernel panics (panic=1)
 # and QEMU, started with -no-reboot, exits.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 say() { echo "pytest-isolated-docker-init: [$(cut -d" " -f1 /proc/uptime 2>/dev/null)] $*"; }
@@ -55,26 +55,70 @@ while [ ! -S /run/containerd/containerd.sock ]; do
     sleep 0.05
 done
 
+# Containers reach out through the NIC whatever network they are on, and whether or not dockerd
+# manages iptables (daemon.json may say "iptables": false): set once here, before any snapshot.
+iptables -t nat -A POSTROUTING -o "$nic" -j MASQUERADE || say "cannot masquerade on $nic"
+
+# dockerd with mutual TLS on 0.0.0.0:2376, its certificates in directory $1; sets $dockerd_pid.
+start_dockerd() {
+    dockerd \
+        --containerd=/run/containerd/containerd.sock \
+        --host=tcp://0.0.0.0:2376 --host=unix:///var/run/docker.sock \
+        --tlsverify \
+        --tlscacert="$1/ca.pem" --tlscert="$1/cert.pem" --tlskey="$1/key.pem" &
+    dockerd_pid=$!
+}
+
+# Unpack the host's payload (base64 of a gzipped tar: TLS files and more) into directory $1.
+unpack() {
+    mkdir -p "$1" && echo "$2" | base64 -d | tar -xz -C "$1" && chmod 0600 "$1/key.pem"
+}
+
 # Everything above is the same in every VM; what follows is not. A VM snapshot is taken while
-# this script waits below, and VMs restored from it resume there. The host's answer on the
-# control channel (the second serial port, kept open so that nothing sent is lost) is one line:
-# "config <unix time> <base64 of a gzipped tar>".
+# this script waits below, and VMs restored from it resume there. The host's answers on the
+# control channel (the second serial port, kept open so that nothing sent is lost) are lines
+# "<kind> <unix time> <base64 of a gzipped tar>":
+# - "load": only in the boot that makes a snapshot with preloaded images. A dockerd starts with
+#   the TLS files of the payload (kept in memory, /run), the host loads the images into it and
+#   says "loaded"; dockerd stops, its keys are removed, and the script waits again. The images
+#   stay on the snapshot's disk, which every VM restored from it sees through its own overlay.
+# - "config": the VM's own configuration; dockerd starts with it.
 exec 3<>/dev/ttyS1
 stty raw -echo <&3
-if grep -qw pytest_isolated_docker.snapshot /proc/cmdline; then
-    sync
-    echo 3 > /proc/sys/vm/drop_caches  # a smaller snapshot
-fi
-say "waiting for the configuration"
-echo ready >&3
-read -r kind now payload <&3
+while :; do
+    if grep -qw pytest_isolated_docker.snapshot /proc/cmdline; then
+        # A smaller snapshot, quicker to restore: no caches, and free memory zeroed (QEMU saves
+        # a zero page in a few bytes; freed memory keeps what it held, dockerd's loads included).
+        sync
+        echo 3 > /proc/sys/vm/drop_caches
+        free_kib=$(awk '$1 == "MemFree:" { print $2 }' /proc/meminfo)
+        mkdir -p /run/zero
+        mount -t tmpfs -o size=$((free_kib - 65536))k tmpfs /run/zero \
+            && dd if=/dev/zero of=/run/zero/fill bs=1M 2>/dev/null
+        umount /run/zero; rmdir /run/zero
+    fi
+    say "waiting for the configuration"
+    echo ready >&3
+    read -r kind now payload <&3
+    [ "$kind" = load ] || break
+    date -s "@$now" > /dev/null
+    unpack /run/pytest-isolated-docker-load "$payload" || { say "cannot unpack"; exit 1; }
+    say "starting dockerd to load images"
+    start_dockerd /run/pytest-isolated-docker-load
+    read -r kind rest <&3
+    kill "$dockerd_pid"
+    while kill -0 "$dockerd_pid" 2>/dev/null; do wait "$dockerd_pid"; done
+    # key.json is dockerd's identity (its engine ID): each VM's dockerd makes its own.
+    rm -rf /run/pytest-isolated-docker-load /etc/docker/key.json
+    say "images loaded ($kind)"
+done
 exec 3>&-
 if [ "$kind" != config ]; then
     say "unexpected answer on the control channel: $kind"; exit 1
 fi
 date -s "@$now" > /dev/null
-mkdir -p /etc/pytest-isolated-docker /etc/docker
-if ! echo "$payload" | base64 -d | tar -xz -C /etc/pytest-isolated-docker; then
+mkdir -p /etc/docker
+if ! unpack /etc/pytest-isolated-docker "$payload"; then
     say "cannot unpack the configuration"; exit 1
 fi
 # VMs restored from one snapshot share the kernel's random state: mix in the host's seed and
@@ -83,19 +127,11 @@ cat /etc/pytest-isolated-docker/entropy > /dev/urandom
 perl -e 'open(my $f, "<", "/dev/urandom") or die; ioctl($f, 0x5207, 0) or die "reseed: $!\n"' \
     || say "could not reseed the kernel's random generator"
 rm -f /etc/pytest-isolated-docker/entropy
-chmod 0600 /etc/pytest-isolated-docker/key.pem
 cp /etc/pytest-isolated-docker/daemon.json /etc/docker/daemon.json
 say "configuration received"
 
 say "starting dockerd"
-dockerd \
-    --containerd=/run/containerd/containerd.sock \
-    --host=tcp://0.0.0.0:2376 --host=unix:///var/run/docker.sock \
-    --tlsverify \
-    --tlscacert=/etc/pytest-isolated-docker/ca.pem \
-    --tlscert=/etc/pytest-isolated-docker/cert.pem \
-    --tlskey=/etc/pytest-isolated-docker/key.pem &
-dockerd_pid=$!
+start_dockerd /etc/pytest-isolated-docker
 # dash's wait reaps any child (orphans re-parented to PID 1 too) until dockerd itself exits.
 while kill -0 "$dockerd_pid" 2>/dev/null; do wait "$dockerd_pid"; done
 say "dockerd exited"
