@@ -46,11 +46,12 @@ from pytest_isolated_docker.backends import BackendContext
 from pytest_isolated_docker.backends.dind import CAPABILITY_RECIPE
 from pytest_isolated_docker.daemon import DockerDaemon
 from pytest_isolated_docker.engines import Engine
-from pytest_isolated_docker.hostmirror import HostMirror, bridge_gateway
+from pytest_isolated_docker.hostmirror import HostMirror
 from pytest_isolated_docker.images import preload
 from pytest_isolated_docker.labels import Identity, new_session_id
 from pytest_isolated_docker.lifecycle import start_daemon
 from pytest_isolated_docker.mirrorstore import Store
+from pytest_isolated_docker.net import bridge_gateway
 from pytest_isolated_docker.settings import resolve
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))

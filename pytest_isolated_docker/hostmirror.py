@@ -41,7 +41,7 @@ from .coordination import locked, read_json, write_json
 from .engines import Engine
 from .errors import StartupError
 from .mirrorstore import DIGEST, MANIFEST_TYPE, ExportError, Store
-from .pullcache import _bridge_gateway as bridge_gateway
+from .net import bridge_gateway
 from .tls import CertificateAuthority, ClientTLS
 
 # The reference grammar of the distribution spec (lower-case path components, tags).

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import ipaddress
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from .coordination import (
     write_json,
 )
 from .errors import StartupError
-from .net import answers, free_port
+from .net import answers, bridge_gateway, free_port
 
 REGISTRY_BINARY = "docker-registry"
 _START_TIMEOUT = 30.0
@@ -73,16 +72,6 @@ def _alive_file() -> Path:
     return _runtime() / "supervisor.alive"
 
 
-def _bridge_gateway(host: docker.DockerClient) -> str:
-    for config in host.networks.get("bridge").attrs["IPAM"]["Config"] or []:
-        if config.get("Gateway"):
-            return str(config["Gateway"])
-        if config.get("Subnet") and ":" not in config["Subnet"]:
-            # The engine leaves the default gateway implicit: the subnet's first address.
-            return str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
-    raise StartupError("pull-through-cache", "the host engine's bridge network has no IPv4 subnet")
-
-
 def _config(storage: Path, address: str, port: int, upstream: str) -> str:
     return (
         "version: 0.1\n"
@@ -116,7 +105,7 @@ def acquire(host: docker.DockerClient, upstream: str) -> str:
         holder = lease.acquire()
         if not running:
             try:
-                state = _start(binary, _root(), _bridge_gateway(host), upstream)
+                state = _start(binary, _root(), bridge_gateway(host), upstream)
             except BaseException:
                 holder.release()
                 raise
