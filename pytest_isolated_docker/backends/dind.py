@@ -345,9 +345,11 @@ class DindBackend(Backend):
     """A dockerd in a container of the host engine, reached over mutual TLS on 127.0.0.1."""
 
     name = "dind"
-    roles = ("dind", "dind-data")
+    roles = ("dind", "dind-data", "dind-template-maker")
     shareable = True
     cheap_to_replace = True
+    #: The role label of its container.
+    container_role = "dind"
     uses_host_mirror = True
 
     _host: docker.DockerClient | None = None
@@ -491,7 +493,7 @@ class DindBackend(Backend):
             command=_dockerd_args(self.context.registry_mirrors(type(self))),
             name=self.object_name("dind"),
             labels={
-                **self.labels("dind"),
+                **self.labels(self.container_role),
                 **({templates.TEMPLATE: plan.key.key} if plan and plan.mode == "clone" else {}),
             },
             environment=plan.environment() if plan else None,
@@ -748,6 +750,8 @@ class DindBackend(Backend):
 
 class DindTemplateMaker(DindBackend):
     """A dind daemon whose data root, once the images are streamed in, becomes a template."""
+
+    container_role = "dind-template-maker"
 
     def __init__(self, context: BackendContext, plan: StorePlan) -> None:
         super().__init__(context)
