@@ -301,7 +301,7 @@ class DockerDaemon:
         facts: dict[str, Any] = {"backend": self.backend, "endpoint": self.base_url}
         try:
             facts["engine"] = self.client.version().get("Version", "?")
-        except docker.errors.DockerException as exc:  # pragma: no cover - daemon died
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             facts["engine"] = f"unreachable ({exc})"
         facts.update(self._backend.details())
         facts["startup_seconds"] = round(self.startup_seconds, 3)

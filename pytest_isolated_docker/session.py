@@ -245,6 +245,7 @@ class DockerSession:
             leftovers = daemon.stop()
         except Exception as exc:  # in the background: reported, not raised
             leftovers = [f"(stopping it failed: {exc})"]
+            label = label or "a daemon"
         placement = self._placements.pop(id(daemon), None)
         if placement is not None:
             placement.release()

@@ -93,9 +93,12 @@ class Spares:
             except Exception:  # a spare nobody took: its error concerns no test
                 continue
             self.retire(daemon, "")
-        self._starter.shutdown(wait=True)
         with self._lock:
             retiring, self._retiring = self._retiring, []
         for retired in retiring:
             retired.result()
         self._finisher.shutdown(wait=True)
+        # Last: a helper process a daemon runs (a VM, an SSH tunnel) dies with the thread that
+        # started it (see coordination.die_with_parent), so the starter's threads must outlive
+        # every daemon they started.
+        self._starter.shutdown(wait=True)
