@@ -317,13 +317,18 @@ class DockerDaemon:
                 setattr(self, name, theirs)
                 setattr(other, name, mine)
 
+    def container_count(self) -> int:
+        """How many containers (running or not) the daemon holds now."""
+        filters = dict(self._backend.owned_filters())
+        return len(self.client.api.containers(all=True, quiet=True, filters=filters))
+
     def holdings(self) -> ResetStats:
         """How many containers, custom networks and volumes the daemon holds now (that a reset
         with nothing to keep would remove)."""
         api = self.client.api
         filters = self._backend.owned_filters()
         return ResetStats(
-            containers=len(api.containers(all=True, quiet=True, filters=dict(filters))),
+            containers=self.container_count(),
             networks=len(api.networks(filters={**filters, "type": ["custom"]})),
             volumes=len(api.volumes(filters=dict(filters)).get("Volumes") or []),
         )

@@ -310,13 +310,13 @@ class DockerSession:
         """Empty ``daemon`` after a test. When the test left many containers on the worker's
         daemon and nothing else of it must stay, swap in a warm spare (started after an earlier
         such reset) and destroy the used daemon in the background: removing twenty containers
-        takes seconds, the swap milliseconds."""
-        swappable = self._swappable(daemon, baseline)
-        if swappable:
-            held = daemon.holdings()
-            if held.containers >= SWAP_AT_CONTAINERS:
+        takes seconds, the swap milliseconds. A reset with few containers costs no extra call."""
+        if self._may_swap(daemon, baseline):
+            many = daemon.container_count() >= SWAP_AT_CONTAINERS
+            if many and self._nothing_to_keep(daemon, baseline):
                 spare = self._spares.ready(self.settings)
                 if spare is not None:
+                    held = daemon.holdings()
                     daemon.swap(spare)  # ``spare`` now stands for the used daemon
                     self._swap_placements(daemon, spare)
                     held.resets = 1
@@ -324,10 +324,9 @@ class DockerSession:
                     self._spares.retire(spare, "")
                     self._spares.prepare(self.settings)
                     return
-        stats = daemon.reset(keep=baseline)
-        many = stats.containers >= SWAP_AT_CONTAINERS
-        if swappable and many and not self._spares.pending(self.settings):
-            self._spares.prepare(self.settings)  # for the next such reset
+                if not self._spares.pending(self.settings):
+                    self._spares.prepare(self.settings)  # for the next such reset
+        daemon.reset(keep=baseline)
 
     def _swap_placements(self, one: DockerDaemon, other: DockerDaemon) -> None:
         first = self._placements.pop(id(one), None)
@@ -337,19 +336,21 @@ class DockerSession:
         if first is not None:
             self._placements[id(other)] = first
 
-    def _swappable(self, daemon: DockerDaemon, baseline: Baseline) -> bool:
+    def _may_swap(self, daemon: DockerDaemon, baseline: Baseline) -> bool:
         """The worker's own daemon (not shared), of a backend cheap to replace, used by no wider
-        fixture, keeping nothing from before the test, and holding only images a new daemon has
-        too (preloaded, or pulled: they can be pulled again; a built one cannot)."""
-        if (
+        fixture, and no container or volume of it existed when the test began."""
+        return not (
             daemon is not self.started_daemon
             or self.settings.scope != "worker"
             or not daemon.cheap_to_replace
             or self._worker_daemon_held
             or baseline.containers
             or baseline.volumes
-        ):
-            return False
+        )
+
+    def _nothing_to_keep(self, daemon: DockerDaemon, baseline: Baseline) -> bool:
+        """No network of the daemon existed when the test began, and every image it holds a new
+        daemon has too (preloaded) or can pull again (pulled); a built image would be lost."""
         api = daemon.client.api
         custom = {n["Id"] for n in api.networks(filters={"type": ["custom"]})}
         if custom & baseline.networks:
