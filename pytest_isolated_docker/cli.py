@@ -120,9 +120,14 @@ def _prune(args: argparse.Namespace) -> int:
                 removed += backend.prune_caches(client, dry_run=args.dry_run)
         if client is not None:
             client.close()
+    kept = [item for item in removed if item.startswith("kept: ")]
+    removed = [item for item in removed if not item.startswith("kept: ")]
     for item in removed:
         print(f"{verb}: {item}")
-    print(f"{len(removed)} item(s) {verb} (sessions proven dead)")
+    for item in kept:
+        print(item)
+    what = "sessions proven dead" + (", and unused caches" if args.caches else "")
+    print(f"{len(removed)} item(s) {verb} ({what})")
     for session in dict.fromkeys(unproven):
         print(
             f"kept: session {session}: its objects come from another container or machine "
