@@ -244,6 +244,9 @@ def die_with_parent() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:
+        # The parent died between the fork and the line above: no signal will come.
+        os._exit(1)
 
 
 @dataclass(frozen=True)

@@ -80,11 +80,13 @@ def test_keyboard_interrupt_during_startup(
 def test_full_disk_while_preloading(
     pytester: pytest.Pytester, host_engine: docker.DockerClient
 ) -> None:
-    """A dind daemon on a 40 MB tmpfs cannot take a 117 MB image: a clear error, no leftovers."""
+    """A dind daemon on a 40 MB tmpfs cannot load a 117 MB image: a clear error, no leftovers.
+    (From a template it has it: the layers are mounted from the store, see test_templates.)"""
     pytester.makepyfile("def test_one(docker_client):\n    pass\n")
     result = pytester.runpytest_subprocess(
-        "--docker-dind-storage=tmpfs:40m", "--docker-preload", "debian:bookworm-slim", timeout=300
-    )
+        "--docker-dind-storage=tmpfs:40m", "--docker-preload", "debian:bookworm-slim",
+        "--docker-preload-mode=stream", timeout=300,
+    )  # fmt: skip
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*[[]preload[]]*debian:bookworm-slim*"])
     assert "no space left on device" in result.stdout.str().lower()

@@ -215,6 +215,16 @@ def test_stale_builds_and_templates_of_removed_images_are_evicted(
     assert "unrecorded" not in listing
 
 
+def test_a_small_tmpfs_daemon_has_images_larger_than_itself(
+    host_engine: docker.DockerClient, unique_image: str
+) -> None:
+    """The layers stay in the store: a daemon on a 40 MB tmpfs runs a 117 MB image."""
+    with api_daemon(preload=[unique_image], dind_storage="tmpfs:40m") as daemon:
+        assert cloned(daemon)
+        out = daemon.client.containers.run(unique_image, ["echo", "fits"], remove=True)
+        assert out == b"fits\n"
+
+
 def test_stream_mode_loads_into_each_daemon(
     host_engine: docker.DockerClient, unique_image: str
 ) -> None:
