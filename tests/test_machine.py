@@ -97,7 +97,11 @@ def assert_nothing_left(session: str) -> None:
 ISOLATION_TEST = """
 import os
 
+import pytest
+import requests
+
 MARKER = "{marker}"
+TLS_KEY = "/etc/pytest-isolated-docker/key.pem"
 
 def test_root_of_the_daemons_host_is_not_the_real_host(docker_client, docker_daemon):
     assert docker_daemon.backend == "machine"
@@ -108,15 +112,24 @@ def test_root_of_the_daemons_host_is_not_the_real_host(docker_client, docker_dae
         remove=True,
     )
     assert out.strip() == b"written"
-    # The file is on the daemon's host (seen by a second container) ...
+    # The file is on the daemon's host (seen by a second container, which also finds the TLS
+    # terminator's key there readable by root only) ...
     seen = docker_client.containers.run(
-        "debian:bookworm-slim", ["ls", f"/host/tmp/{{MARKER}}"],
+        "debian:bookworm-slim",
+        ["sh", "-c", f"ls /host/tmp/{{MARKER}} && stat -c %a /host{{TLS_KEY}}"],
         volumes={{"/": {{"bind": "/host", "mode": "ro"}}}}, remove=True,
     )
-    assert seen.strip() == f"/host/tmp/{{MARKER}}".encode()
+    assert seen.split() == [f"/host/tmp/{{MARKER}}".encode(), b"600"]
     # ... and not on the host pytest runs on.
     assert not os.path.exists(f"/tmp/{{MARKER}}")
     assert "qemu" in docker_daemon.describe()["mode"]
+
+
+def test_client_without_certificate_is_refused(docker_daemon):
+    # The VM's TLS terminator verifies the server side for us and requires a client certificate.
+    url = docker_daemon.base_url.replace("tcp://", "https://") + "/_ping"
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(url, verify=str(docker_daemon.endpoint.tls.ca_cert), timeout=60)
 """
 
 
@@ -126,7 +139,7 @@ def test_container_writing_to_root_of_its_host_does_not_touch_the_real_host(
     marker = f"pytest-isolated-docker-machine-{uuid.uuid4().hex}"
     pytester.makepyfile(ISOLATION_TEST.format(marker=marker))
     result = run_machine(pytester, PRELOAD)
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
             "*machine qemu * vCPU, restored from a snapshot* at tcp://127.0.0.1:*"
@@ -329,12 +342,14 @@ PRELOADED_TEST = """
 import pytest
 
 IMAGE = "debian:bookworm-slim"
-ENGINE_IDS = set()
+DAEMON_LABELS = set()
 
 
 def check_and_remove(docker_client, docker_daemon):
     assert "snapshot holding the preloaded images" in docker_daemon.describe()["mode"]
-    ENGINE_IDS.add(docker_client.info()["ID"])  # each dockerd has an identity of its own
+    # dockerd runs in the snapshot, so VMs restored from it share its engine ID (key.json); each
+    # gets its own daemon.json, which the running dockerd reloads: its labels are its own.
+    DAEMON_LABELS.add(tuple(sorted(docker_client.info()["Labels"])))
     assert docker_client.images.get(IMAGE).id == "{image_id}"
     out = docker_client.containers.run(IMAGE, ["echo", "from the disk"], remove=True)
     assert out == b"from the disk\\n"
@@ -351,8 +366,8 @@ def test_next_vm(docker_client, docker_daemon):
     check_and_remove(docker_client, docker_daemon)
 
 
-def test_two_identities():
-    assert len(ENGINE_IDS) == 2
+def test_two_sets_of_daemon_labels():
+    assert len(DAEMON_LABELS) == 2
 """
 
 

@@ -213,7 +213,8 @@ class QemuDriver(MachineDriver):
 
     def _preload(self, host: docker.DockerClient) -> Preload:
         """The preload images (as the host engine has them now) and how a snapshot's boot loads
-        them: through a dockerd with keys of this session, which the guest forgets again."""
+        them: through the guest's TLS terminator, with keys of this session that the guest forgets
+        again."""
         names = self.settings.preload
         images = tuple((name, str(host.api.inspect_image(name)["Id"])) for name in names)
         timeout = self.settings.startup_timeout

@@ -1,20 +1,24 @@
 """VM snapshots: boot once, restore many times.
 
-Under TCG most of a VM's start-up is its kernel, its modules and containerd coming up. So the
-first VM of a machine (image, QEMU version, accelerator, size) is booted once more to be
+Under TCG most of a VM's start-up is its kernel, its modules, containerd and dockerd coming up.
+So the first VM of a machine (image, QEMU version, accelerator, size) is booted once more to be
 snapshotted: its init stops where every VM differs, waiting on the control channel for its
 configuration (certificates, labels, clock, entropy), and QEMU saves its memory and devices
 (``migrate`` to a file) beside a qcow2 overlay holding what the guest had written to its disk. Each
 VM then starts with ``-incoming`` from that file on a throw-away overlay of the same disk: it
-resumes where the snapshot was taken, gets its own configuration and starts dockerd, whose TLS keys
-are its own.
+resumes where the snapshot was taken and gets its own configuration: dockerd, running in the
+snapshot already but on its unix socket only, reloads the VM's daemon.json, and a TLS terminator
+holding the VM's own keys (client certificates required) starts in front of that socket. VMs
+restored from one snapshot therefore share dockerd's engine ID (``/etc/docker/key.json``); their
+daemon labels tell them apart.
 
-With ``--docker-preload`` the snapshot also holds the images: its boot starts a dockerd with
-keys of its own (kept in guest memory), the host streams the images into it once, dockerd stops,
-and the snapshot is taken. The images are then on the snapshot's qcow2 disk, which each restored
-VM sees through a throw-away overlay of its own: no image is streamed per VM, and whatever a VM
-does to its images stays in its overlay. Such a snapshot is keyed by the images' names and IDs
-too: another preload set, or an image rebuilt under the same name, makes another snapshot.
+With ``--docker-preload`` the snapshot also holds the images: its boot starts the TLS terminator
+with keys of its own (kept in guest memory), the host streams the images into dockerd once, the
+terminator stops, and the snapshot is taken. The images are then on the snapshot's qcow2 disk,
+which each restored VM sees through a throw-away overlay of its own: no image is streamed per VM,
+and whatever a VM does to its images stays in its overlay. Such a snapshot is keyed by the images'
+names and IDs too: another preload set, or an image rebuilt under the same name, makes another
+snapshot.
 
 Snapshots are cached per machine in ``<cache>/vm-snapshots/<key>/`` and made once (file lock);
 a build whose builder was killed is known by its builder lock, which nobody holds any more, and is
@@ -40,7 +44,7 @@ from ...errors import StartupError
 from .vm import Diagnostics, Disk, Machine, QemuProcess, tail
 
 # Bumped when the guest side of the protocol (recipes/vm/init.sh) changes what a snapshot holds.
-PROTOCOL = "2"
+PROTOCOL = "3"
 STATE = "state"
 DISK = "disk.qcow2"
 QEMU_IMG = "qemu-img"

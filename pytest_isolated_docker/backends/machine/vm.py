@@ -12,11 +12,11 @@ a unix socket) and the QMP socket. QEMU gets ``TMPDIR`` pointing there, so the t
 copy-on-write file of ``snapshot=on`` goes with the directory.
 
 The control channel carries one exchange: the guest's init writes ``ready`` once it waits for its
-configuration (containerd is up), and the host answers with one line,
-``config <unix time> <base64 of a gzipped tar>`` (TLS files, daemon.json, an entropy seed). The
-boot that makes a snapshot with preloaded images first answers ``load <unix time> <payload>``
-(TLS files of a dockerd the images are loaded into) and, once they are, ``loaded``; the guest
-stops that dockerd and says ``ready`` again.
+configuration (containerd and dockerd are up, dockerd on its unix socket only), and the host
+answers with one line, ``config <unix time> <base64 of a gzipped tar>`` (TLS files,
+daemon.json, an entropy seed). The boot that makes a snapshot with preloaded images first
+answers ``load <unix time> <payload>`` (TLS files of the terminator the images are loaded
+through) and, once they are, ``loaded``; the guest stops that terminator and says ``ready`` again.
 """
 
 from __future__ import annotations

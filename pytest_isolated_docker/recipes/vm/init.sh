@@ -1,10 +1,14 @@
 #!/bin/sh
 # PID 1 of the machine backend's VM (kernel argument init=/sbin/pytest-isolated-docker-init).
 # Mounts the kernel filesystems, loads the modules dockerd needs, configures QEMU's user-mode
-# network and runs containerd; then waits for the host's configuration on the control channel
-# (certificates, daemon.json, clock, entropy; see backends/machine/vm.py; a snapshot's boot may
-# first be asked to load images) and runs dockerd with mutual TLS on 0.0.0.0:2376. When dockerd exits, so does this script: the kernel panics (panic=1)
-# and QEMU, started with -no-reboot, exits.
+# network and runs containerd and dockerd, the latter on its unix socket only; then waits for the
+# host's configuration on the control channel (certificates, daemon.json, clock, entropy; see
+# backends/machine/vm.py; a snapshot's boot may first be asked to load images), has dockerd
+# reload daemon.json and puts a TLS terminator (socat, client certificates required) on
+# 0.0.0.0:2376 in front of dockerd's socket. dockerd is started before any snapshot is taken, so
+# a restored VM does not pay for its start (some 3 s under TCG); only the terminator holds the
+# VM's keys. When dockerd exits, so does this script: the kernel panics (panic=1) and QEMU,
+# started with -no-reboot, exits.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 say() { echo "pytest-isolated-docker-init: [$(cut -d" " -f1 /proc/uptime 2>/dev/null)] $*"; }
 
@@ -59,30 +63,62 @@ done
 # manages iptables (daemon.json may say "iptables": false): set once here, before any snapshot.
 iptables -t nat -A POSTROUTING -o "$nic" -j MASQUERADE || say "cannot masquerade on $nic"
 
-# dockerd with mutual TLS on 0.0.0.0:2376, its certificates in directory $1; sets $dockerd_pid.
-start_dockerd() {
-    dockerd \
-        --containerd=/run/containerd/containerd.sock \
-        --host=tcp://0.0.0.0:2376 --host=unix:///var/run/docker.sock \
-        --tlsverify \
-        --tlscacert="$1/ca.pem" --tlscert="$1/cert.pem" --tlskey="$1/key.pem" &
-    dockerd_pid=$!
+# dockerd, on its unix socket only: nothing outside the VM reaches it but through the TLS
+# terminator below. Its output goes to a file (followed on the console), where the reload of
+# daemon.json is looked for; its daemon.json is replaced and reloaded once the VM's own arrives.
+mkdir -p /etc/docker
+echo '{}' > /etc/docker/daemon.json
+: > /run/dockerd.log
+tail -n +1 -f /run/dockerd.log &
+say "starting dockerd"
+dockerd --containerd=/run/containerd/containerd.sock --host=unix:///var/run/docker.sock \
+    >> /run/dockerd.log 2>&1 &
+dockerd_pid=$!
+until docker version > /dev/null 2>&1; do
+    kill -0 "$dockerd_pid" 2>/dev/null || { say "dockerd exited"; exit 1; }
+    sleep 0.1
+done
+say "dockerd answers"
+
+# One container runs before any snapshot is taken, from a one-file image of busybox: the first
+# container a test runs then finds dockerd's, containerd's and runc's lazily set-up state made and
+# their files read. The image is removed again.
+warmup=$(mktemp -d)
+cp /bin/busybox "$warmup/busybox"
+tar -C "$warmup" -c busybox | docker import -q - pytest-isolated-docker-warmup > /dev/null \
+    && docker run --rm pytest-isolated-docker-warmup /busybox true \
+    || say "the warm-up container failed"
+docker rmi -f pytest-isolated-docker-warmup > /dev/null 2>&1
+rm -rf "$warmup"
+say "warm-up container ran"
+
+# Mutual TLS on 0.0.0.0:2376 in front of dockerd's socket, with the certificates in directory $1
+# (a client certificate of that CA is required); sets $tls_pid. A connection whose client closes
+# its sending side (docker exec with stdin, say) keeps receiving until dockerd closes: -t.
+start_tls() {
+    socat -t 86400 \
+        "OPENSSL-LISTEN:2376,reuseaddr,fork,cert=$1/cert.pem,key=$1/key.pem,cafile=$1/ca.pem,verify=1" \
+        UNIX-CONNECT:/var/run/docker.sock &
+    tls_pid=$!
 }
 
 # Unpack the host's payload (base64 of a gzipped tar: TLS files and more) into directory $1.
 unpack() {
-    mkdir -p "$1" && echo "$2" | base64 -d | tar -xz -C "$1" && chmod 0600 "$1/key.pem"
+    mkdir -p -m 0700 "$1" && echo "$2" | base64 -d | tar -xz -C "$1" && chmod 0600 "$1/key.pem"
 }
 
 # Everything above is the same in every VM; what follows is not. A VM snapshot is taken while
 # this script waits below, and VMs restored from it resume there. The host's answers on the
 # control channel (the second serial port, kept open so that nothing sent is lost) are lines
 # "<kind> <unix time> <base64 of a gzipped tar>":
-# - "load": only in the boot that makes a snapshot with preloaded images. A dockerd starts with
-#   the TLS files of the payload (kept in memory, /run), the host loads the images into it and
-#   says "loaded"; dockerd stops, its keys are removed, and the script waits again. The images
-#   stay on the snapshot's disk, which every VM restored from it sees through its own overlay.
-# - "config": the VM's own configuration; dockerd starts with it.
+# - "load": only in the boot that makes a snapshot with preloaded images. The TLS terminator starts
+#   with the TLS files of the payload (kept in memory, /run), the host loads the images into
+#   dockerd through it and says "loaded"; the terminator stops, its keys are removed, and the
+#   script waits again. The images stay on the snapshot's disk, which every VM restored from it
+#   sees through its own overlay.
+# - "config": the VM's own configuration: dockerd reloads daemon.json, the terminator starts.
+# dockerd's identity (/etc/docker/key.json, its engine ID) is made before the snapshot: VMs
+# restored from one snapshot report the same engine ID (their daemon.json labels tell them apart).
 exec 3<>/dev/ttyS1
 stty raw -echo <&3
 while :; do
@@ -103,13 +139,14 @@ while :; do
     [ "$kind" = load ] || break
     date -s "@$now" > /dev/null
     unpack /run/pytest-isolated-docker-load "$payload" || { say "cannot unpack"; exit 1; }
-    say "starting dockerd to load images"
-    start_dockerd /run/pytest-isolated-docker-load
+    say "starting the TLS terminator to load images"
+    start_tls /run/pytest-isolated-docker-load
     read -r kind rest <&3
-    kill "$dockerd_pid"
-    while kill -0 "$dockerd_pid" 2>/dev/null; do wait "$dockerd_pid"; done
-    # key.json is dockerd's identity (its engine ID): each VM's dockerd makes its own.
-    rm -rf /run/pytest-isolated-docker-load /etc/docker/key.json
+    # The terminator and the connections it forked (the host has closed its client by now).
+    pkill -P "$tls_pid" 2>/dev/null
+    kill "$tls_pid"
+    while kill -0 "$tls_pid" 2>/dev/null; do wait "$tls_pid"; done
+    rm -rf /run/pytest-isolated-docker-load
     say "images loaded ($kind)"
 done
 exec 3>&-
@@ -117,21 +154,30 @@ if [ "$kind" != config ]; then
     say "unexpected answer on the control channel: $kind"; exit 1
 fi
 date -s "@$now" > /dev/null
-mkdir -p /etc/docker
 if ! unpack /etc/pytest-isolated-docker "$payload"; then
     say "cannot unpack the configuration"; exit 1
 fi
 # VMs restored from one snapshot share the kernel's random state: mix in the host's seed and
-# reseed now (RNDRESEEDCRNG) rather than at the kernel's next periodic reseed.
+# reseed now (RNDRESEEDCRNG) rather than at the kernel's next periodic reseed; the terminator's
+# OpenSSL seeds itself after this.
 cat /etc/pytest-isolated-docker/entropy > /dev/urandom
 perl -e 'open(my $f, "<", "/dev/urandom") or die; ioctl($f, 0x5207, 0) or die "reseed: $!\n"' \
     || say "could not reseed the kernel's random generator"
 rm -f /etc/pytest-isolated-docker/entropy
-cp /etc/pytest-isolated-docker/daemon.json /etc/docker/daemon.json
 say "configuration received"
 
-say "starting dockerd"
-start_dockerd /etc/pytest-isolated-docker
+# The VM's labels and registry mirrors: dockerd reloads daemon.json on SIGHUP, and says so in its
+# log; the terminator starts once it has, so that nobody sees dockerd with the snapshot's settings.
+cp /etc/pytest-isolated-docker/daemon.json /etc/docker/daemon.json
+kill -HUP "$dockerd_pid"
+until grep -q -e "Reloaded configuration" -e "Error reconfiguring" /run/dockerd.log; do
+    sleep 0.01
+done
+if grep -q "Error reconfiguring" /run/dockerd.log; then
+    say "dockerd could not reload daemon.json"; exit 1
+fi
+start_tls /etc/pytest-isolated-docker
+say "TLS terminator started"
 # dash's wait reaps any child (orphans re-parented to PID 1 too) until dockerd itself exits.
 while kill -0 "$dockerd_pid" 2>/dev/null; do wait "$dockerd_pid"; done
 say "dockerd exited"
