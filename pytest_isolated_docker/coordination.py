@@ -240,13 +240,20 @@ def die_with_parent() -> None:
     """For ``preexec_fn``: the child gets SIGKILL when the thread that started it dies, so a
     helper process (a VM, an SSH tunnel) cannot outlive a killed pytest even before the crash
     watchdog runs. Linux only; elsewhere the watchdog alone stops it."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    with contextlib.suppress(AttributeError):  # no prctl: not Linux
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() == 1:
         # The parent died between the fork and the line above: no signal will come.
         os._exit(1)
+
+
+# Loaded in the parent: the child between its fork and the prctl above does as little as can be.
+_PR_SET_PDEATHSIG = 1
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
 
 
 @dataclass(frozen=True)
