@@ -171,7 +171,10 @@ def test_another_dind_image_gets_another_template(
 ) -> None:
     other = f"pid-template-test/dind-{secrets.token_hex(4)}:1"
     host_engine.images.build(
-        fileobj=io.BytesIO(f"FROM {DIND_IMAGE}\nLABEL upgraded=yes\n".encode()), tag=other
+        fileobj=io.BytesIO(f"FROM {DIND_IMAGE}\nLABEL upgraded=yes\n".encode()),
+        tag=other,
+        rm=True,
+        forcerm=True,
     )
     try:
         ours = templates.TemplateKey.of(host_engine, DIND_IMAGE, [unique_image])
@@ -192,7 +195,10 @@ def test_stale_builds_and_templates_of_removed_images_are_evicted(
 ) -> None:
     gone = f"pid-template-test/gone-{secrets.token_hex(4)}:1"
     host_engine.images.build(
-        fileobj=io.BytesIO(b"FROM debian:bookworm-slim\nRUN echo gone > /gone\n"), tag=gone
+        fileobj=io.BytesIO(b"FROM debian:bookworm-slim\nRUN echo gone > /gone\n"),
+        tag=gone,
+        rm=True,
+        forcerm=True,
     )
     gone_key = templates.TemplateKey.of(host_engine, DIND_IMAGE, [gone])
     try:
