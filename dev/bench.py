@@ -142,8 +142,8 @@ def timed_dind() -> float:
     return seconds
 
 
-def dind_ready() -> tuple[float, DockerDaemon]:
-    context = new_context()
+def dind_ready(**flags: Any) -> tuple[float, DockerDaemon]:
+    context = new_context(**flags)
     start = time.perf_counter()
     daemon = start_daemon(context)
     daemon.client.ping()
@@ -381,10 +381,7 @@ def five_images(host: docker.DockerClient) -> list[str]:
 
 def started_with(**flags: Any) -> tuple[float, float]:
     """Request to ready client of a dind daemon with ``flags``, and its reported preload time."""
-    start = time.perf_counter()
-    daemon = start_daemon(new_context(**flags))
-    daemon.client.ping()
-    seconds = time.perf_counter() - start
+    seconds, daemon = dind_ready(**flags)
     preload_seconds = daemon.preload_seconds
     daemon.stop()
     return seconds, preload_seconds

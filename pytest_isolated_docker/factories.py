@@ -26,7 +26,7 @@ import docker
 import pytest
 
 from .daemon import DockerDaemon
-from .session import daemon_or_outcome, session_of
+from .session import daemon_or_outcome, own_daemon_options, session_of
 
 Scope = Literal["session", "package", "module", "class", "function"]
 
@@ -76,10 +76,8 @@ def docker_test_daemon(daemon_fixture: str, *, doc: str | None = None) -> Callab
 
     def test_daemon_fixture(request: pytest.FixtureRequest) -> Iterator[DockerDaemon]:
         session = session_of(request.config)
-        marker = request.node.get_closest_marker("docker_daemon")
-        options = dict(marker.kwargs) if marker else {}
-        fresh = bool(options.pop("fresh", False))
-        if not fresh and not options:
+        options = own_daemon_options(request.node)
+        if options is None:
             daemon: DockerDaemon = request.getfixturevalue(daemon_fixture)
             with session.used_by_test(request, daemon):
                 yield daemon

@@ -20,7 +20,13 @@ from .engines import EngineNotFound
 from .errors import DaemonUnavailable, StartupError
 from .images import ensure_on_host
 from .labels import Identity, new_session_id
-from .session import WORKER_DAEMON_FIXTURES, DockerSession, session_key, test_daemon_key
+from .session import (
+    WORKER_DAEMON_FIXTURES,
+    DockerSession,
+    own_daemon_options,
+    session_key,
+    test_daemon_key,
+)
 from .settings import OPTIONS, Settings, SettingsError, override, resolve
 
 _WORKERINPUT_KEY = "pytest_isolated_docker_session"
@@ -184,12 +190,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                 donor.close()
 
 
+def _uses_docker(item: pytest.Item | None) -> bool:
+    """True when ``item`` asks for one of the default fixtures that need a daemon."""
+    return item is not None and bool(
+        WORKER_DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    )
+
+
 def _needs_worker_daemon(item: pytest.Item | None) -> bool:
     """True when ``item`` will use the worker's daemon (not one of its own)."""
-    if item is None or not WORKER_DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-        return False
-    marker = item.get_closest_marker("docker_daemon")
-    return marker is None or not marker.kwargs
+    return item is not None and _uses_docker(item) and own_daemon_options(item) is None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -208,16 +218,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         config.stash[session_key].start_in_background()
 
 
-def _own_daemon_options(item: pytest.Item | None) -> dict[str, Any] | None:
-    """The options of the daemon of its own ``item`` will take (its marker's), or None."""
-    if item is None or not WORKER_DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-        return None
-    marker = item.get_closest_marker("docker_daemon")
-    if marker is None or not marker.kwargs:
-        return None
-    return {name: value for name, value in marker.kwargs.items() if name != "fresh"}
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Start the worker's daemon for the test about to run or, ahead of time, for the next one
@@ -228,8 +228,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         state.start_in_background()
     # Spares are taken in order: this test's first (unless a test before had it started).
     for test in (item, *_coming(item, nextitem)):
-        options = _own_daemon_options(test)
-        if test is None or options is None or test.stash.get(_spare_key, False):
+        options = own_daemon_options(test) if _uses_docker(test) else None
+        if options is None or test.stash.get(_spare_key, False):
             continue
         try:
             settings = override(state.settings, options, "@pytest.mark.docker_daemon")

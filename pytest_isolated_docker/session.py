@@ -392,6 +392,15 @@ class DockerSession:
             self._watchdog.dismiss()
 
 
+def own_daemon_options(node: pytest.Item) -> dict[str, Any] | None:
+    """The options of the daemon of its own a test asks for with its ``docker_daemon`` marker
+    (``fresh=True``, or any option), or None when it uses the worker's daemon."""
+    marker = node.get_closest_marker("docker_daemon")
+    options = dict(marker.kwargs) if marker else {}
+    fresh = bool(options.pop("fresh", False))
+    return options if fresh or options else None
+
+
 def daemon_or_outcome(settings: Settings, start: Callable[[], DockerDaemon]) -> DockerDaemon:
     """Run ``start``; turn "no daemon can be had" into a failure or a skip, as configured."""
     try:
@@ -416,4 +425,11 @@ def session_of(config: pytest.Config) -> DockerSession:
     return config.stash[session_key]
 
 
-__all__ = ["DockerSession", "daemon_or_outcome", "session_key", "session_of", "test_daemon_key"]
+__all__ = [
+    "DockerSession",
+    "daemon_or_outcome",
+    "own_daemon_options",
+    "session_key",
+    "session_of",
+    "test_daemon_key",
+]

@@ -160,15 +160,16 @@ def prune(host: docker.DockerClient, dry_run: bool = False) -> list[str]:
         store = False
     else:
         store = True
-    if not store and not markers(host):
+    recorded = markers(host)
+    if not store and not recorded:
         return []
     used = in_use(host)
     if used:
         return [f"kept: volume {STORE_VOLUME} ({len(used)} template(s) in use by dind daemons)"]
-    removed = [f"volume {MARKER_PREFIX}{key}" for key in markers(host)]
+    removed = [f"volume {MARKER_PREFIX}{key}" for key in recorded]
     removed += [f"volume {STORE_VOLUME}"] if store else []
     if not dry_run:
-        for key in markers(host):
+        for key in recorded:
             forget(host, key)
         if store:
             with contextlib.suppress(docker.errors.NotFound):
