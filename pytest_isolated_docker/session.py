@@ -79,8 +79,11 @@ class DockerSession:
     @property
     def serves_host_images(self) -> bool:
         """The settings ask for the host mirror and the configured backend takes it."""
-        backend = backend_class(self.settings.backend)
-        return self.settings.host_mirror and backend.uses_host_mirror and not self.pool.is_pool
+        return self._asks_host_mirror(self.settings) and not self.pool.is_pool
+
+    @staticmethod
+    def _asks_host_mirror(settings: Settings) -> bool:
+        return settings.host_mirror and backend_class(settings.backend).uses_host_mirror
 
     def _serve_host_images(self, settings: Settings) -> None:
         """Before this process first starts a daemon that takes the host mirror: serve the host
@@ -88,7 +91,7 @@ class DockerSession:
         every process of the session listens on one port, so the mirror lives as long as any of
         them, as a daemon shared by the workers does). Once per process; lazily, so that a run
         without Docker tests never contacts the engine."""
-        if not settings.host_mirror or not backend_class(settings.backend).uses_host_mirror:
+        if not self._asks_host_mirror(settings):
             return
         with self._mirror_lock:
             if self.host_mirror is not None or self.host_mirror_note:
