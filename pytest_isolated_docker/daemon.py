@@ -38,6 +38,9 @@ class DaemonBackend(Protocol):
     @property
     def cheap_to_replace(self) -> bool: ...
 
+    @property
+    def renewable(self) -> bool: ...
+
     def logs(self, tail: int) -> str: ...
 
     def details(self) -> Mapping[str, Any]: ...
@@ -223,8 +226,10 @@ _DAEMON_STATE = (
     "startup_seconds",
     "ready_at",
     "preload_seconds",
+    "renewed",
     "_client",
     "_stopped",
+    "_handed_over",
 )
 
 
@@ -245,10 +250,13 @@ class DockerDaemon:
         #: When it answered (``time.time()``): a spare answered before the test that took it.
         self.ready_at = time.time()
         self.preload_seconds = 0.0
+        #: Made fresh in place of a used daemon (``lifecycle.renew_daemon``), not started anew.
+        self.renewed = False
         self.reset_stats = ResetStats()
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._stopped = False
+        self._handed_over = False
 
     @property
     def backend(self) -> str:
@@ -270,6 +278,25 @@ class DockerDaemon:
     def cheap_to_replace(self) -> bool:
         """True when a spare daemon starts faster than many containers are removed (dind)."""
         return self._backend.cheap_to_replace
+
+    @property
+    def renewable(self) -> bool:
+        """True when its backend can make it fresh in place (see ``lifecycle.renew_daemon``)."""
+        return self._backend.renewable
+
+    @property
+    def backend_instance(self) -> DaemonBackend:
+        """The backend that made it (and stops it)."""
+        return self._backend
+
+    def hand_over(self) -> None:
+        """Its backend now serves another daemon (renewed in place): this object lets go of it;
+        :meth:`stop` does nothing from now on and reports no leftovers."""
+        with self._client_lock:
+            self._stopped = self._handed_over = True
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     @property
     def base_url(self) -> str:
@@ -306,6 +333,7 @@ class DockerDaemon:
         facts.update(self._backend.details())
         facts["startup_seconds"] = round(self.startup_seconds, 3)
         facts["preload_seconds"] = round(self.preload_seconds, 3)
+        facts["renewed"] = self.renewed
         return facts
 
     def swap(self, other: DockerDaemon) -> None:
@@ -358,7 +386,7 @@ class DockerDaemon:
             if self._client is not None:
                 self._client.close()
             self._backend.stop()
-        return self._backend.leftovers()
+        return [] if self._handed_over else self._backend.leftovers()
 
 
 def remove_objects(

@@ -307,6 +307,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
                 if facts.get("preload_seconds")
                 else ""
             )
+            + (", renewed in place" if facts.get("renewed") else "")
             + f", {facts['resets']} resets removed "
             f"{facts['objects_removed']} objects, leaks at teardown: {len(facts['leaks'])}"
             + (f" ({', '.join(facts['leaks'])})" if facts["leaks"] else "")

@@ -23,7 +23,7 @@ from .coordination import release_session
 from .daemon import Baseline, DockerDaemon
 from .errors import DaemonUnavailable, IsolatedDockerError
 from .labels import Identity
-from .lifecycle import start_daemon
+from .lifecycle import renew_daemon, start_daemon
 from .placement import Placement, Pool
 from .settings import Settings, SettingsError, override
 from .sharing import SharedBackend
@@ -68,7 +68,7 @@ class DockerSession:
         self._watchdog: reaper.Watchdog | None = None
         self.summaries: list[dict[str, Any]] = []
         self.session_leftovers: list[str] = []
-        self._spares = Spares(self._start_own, self._finish)
+        self._spares = Spares(self._start_own, self._finish, self._renew)
         #: A fixture wider than a test used the worker's daemon (see :meth:`_note_wider_users`).
         self._worker_daemon_held = False
 
@@ -252,6 +252,28 @@ class DockerSession:
         placement = self._placements.pop(id(daemon), None)
         if placement is not None:
             placement.release()
+        self._note_finished(daemon, facts, label, leftovers)
+
+    def _renew(self, daemon: DockerDaemon, label: str) -> DockerDaemon | None:
+        """``daemon`` made fresh in place (its facts recorded as those of a daemon stopped
+        without leaks: a renewal leaves nothing); else finished as usual, and None."""
+        facts = daemon.describe()
+        try:
+            renewed = renew_daemon(daemon)
+        except Exception:  # the renewal failed half-way: stopped below, a new spare instead
+            renewed = None
+        if renewed is None:
+            self._finish(daemon, label)
+            return None
+        placement = self._placements.pop(id(daemon), None)
+        if placement is not None:
+            self._placements[id(renewed)] = placement
+        self._note_finished(daemon, facts, label, [])
+        return renewed
+
+    def _note_finished(
+        self, daemon: DockerDaemon, facts: dict[str, Any], label: str, leftovers: list[str]
+    ) -> None:
         if not label and not leftovers:
             return
         label = label or "swapped out by a reset, or a spare no test took"

@@ -192,8 +192,9 @@ def test_fresh_daemons_are_started_ahead_and_stopped_off_the_critical_path(
         def test_fresh(began, docker_test_daemon, docker_client, i):
             assert docker_client.containers.list(all=True) == []
             docker_client.containers.create("debian:bookworm-slim", ["true"])
-            assert docker_test_daemon.base_url not in SEEN
-            SEEN.append(docker_test_daemon.base_url)
+            engine = docker_client.info()["ID"]
+            assert engine not in SEEN
+            SEEN.append(engine)
             if i > 0:  # started while the test before ran
                 assert docker_test_daemon.ready_at < began
             time.sleep(3)  # time enough for the next test's spare to start
@@ -202,6 +203,74 @@ def test_fresh_daemons_are_started_ahead_and_stopped_off_the_critical_path(
     result = _run(pytester, tmp_path, "-p", "no:randomly")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*leaks at teardown: 0 [[]fresh for *test_fresh[[]2[]][]]*"])
+    assert labelled(host_engine, session_of(result.stdout.str())) == []
+
+
+def test_used_fresh_daemons_are_renewed_in_place_into_the_next_spares(
+    pytester: pytest.Pytester, tmp_path: Path, host_engine: docker.DockerClient
+) -> None:
+    """A used daemon becomes a later test's spare in the same container: a new engine, nothing
+    of the old one (containers, networks, volumes, tags), the preloaded image intact."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        SEEN = []
+
+        @pytest.mark.docker_daemon(fresh=True)
+        @pytest.mark.parametrize("i", range(6))
+        def test_fresh(docker_test_daemon, docker_client, i):
+            assert docker_client.containers.list(all=True) == []
+            assert docker_client.networks.list(names=["mine"]) == []
+            assert docker_client.volumes.list() == []
+            assert docker_client.images.get("debian:bookworm-slim").tags == [
+                "debian:bookworm-slim"
+            ]
+            engine = docker_client.info()["ID"]
+            assert engine not in SEEN
+            SEEN.append(engine)
+            with open("endpoints", "a") as seen:
+                seen.write(docker_test_daemon.base_url + "\\n")
+            docker_client.networks.create("mine")
+            docker_client.volumes.create("data")
+            docker_client.containers.run(
+                "debian:bookworm-slim", "sleep 300", detach=True, network="mine",
+                volumes={"data": {"bind": "/data"}}, ports={"80/tcp": None},
+            )
+            docker_client.images.get("debian:bookworm-slim").tag("mine", "1")
+            docker_client.images.remove("debian:bookworm-slim")
+        """
+    )
+    result = _run(pytester, tmp_path, "-p", "no:randomly")
+    result.assert_outcomes(passed=6)
+    endpoints = (pytester.path / "endpoints").read_text().split()
+    assert len(set(endpoints)) < len(endpoints), endpoints  # some were renewed in place
+    result.stdout.fnmatch_lines(["*renewed in place*leaks at teardown: 0 [[]fresh for *"])
+    assert labelled(host_engine, session_of(result.stdout.str())) == []
+
+
+def test_a_daemon_whose_containers_wrote_into_its_container_is_not_renewed(
+    pytester: pytest.Pytester, tmp_path: Path, host_engine: docker.DockerClient
+) -> None:
+    """Files a test's container wrote through a bind mount of a dind path would outlive a
+    renewal: such a daemon is replaced by a new container, and no later test sees them."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.docker_daemon(fresh=True)
+        @pytest.mark.parametrize("i", range(5))
+        def test_fresh(docker_client, i):
+            seen = docker_client.containers.run(
+                "debian:bookworm-slim", ["sh", "-c", f"ls /srv/x; touch /srv/x/from-{i}"],
+                volumes={"/srv/x": {"bind": "/srv/x"}}, remove=True,
+            )
+            assert seen == b""
+        """
+    )
+    result = _run(pytester, tmp_path, "-p", "no:randomly")
+    result.assert_outcomes(passed=5)
+    assert "renewed in place" not in result.stdout.str()
     assert labelled(host_engine, session_of(result.stdout.str())) == []
 
 

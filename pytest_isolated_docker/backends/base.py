@@ -181,6 +181,9 @@ class Backend(abc.ABC):
     #: True when its daemons start without images and can reach the host mirror on the host
     #: engine's bridge (they get it first among their registry mirrors).
     uses_host_mirror: ClassVar[bool] = False
+    #: True when a used daemon can be made fresh in place (:meth:`renew`), which costs less than
+    #: stopping it and starting another.
+    renewable: ClassVar[bool] = False
 
     def __init__(self, context: BackendContext) -> None:
         self.context = context
@@ -265,6 +268,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def start(self) -> Endpoint:
         """Launch the daemon and return its endpoint (it need not answer yet)."""
+
+    def renew(self) -> Endpoint | None:
+        """Replace the used daemon by a fresh one in place: nothing of the old one left (its
+        objects, data, processes, identity), the preload images as at a start. Return the
+        endpoint the new daemon will answer on (the old one may still answer for a moment: the
+        caller waits for a new engine ID), or None when this daemon cannot be renewed, having
+        changed nothing (the caller then stops it)."""
+        return None
 
     def failure(self) -> str | None:
         """Why the daemon can no longer come up, or None while it still may."""

@@ -38,7 +38,8 @@ DOCKERD_PORT = 2376
 # Runs as PID 1 of the dind container. Cgroup v1 hierarchies docker gives an unprivileged
 # container are read-only bind mounts that cannot be remounted read-write ("busy"), so each one is
 # unmounted and mounted fresh inside the container's private cgroup namespace. Then it waits for the
-# certificates the plugin copies in after start, and execs dockerd with the arguments it was given.
+# certificates the plugin copies in after start, and runs dockerd with the arguments it was given,
+# staying PID 1 itself so that it can renew the daemon in place (see renew_in_place).
 ENTRYPOINT = r"""
 set -eu
 mode=""
@@ -63,6 +64,7 @@ else
     done
 fi
 store=/pytest-isolated-docker-store
+links=$(ls /sys/class/net)
 now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 layer_mounts() { awk '$5 ~ "^/var/lib/docker/overlay2/" { print $5 }' /proc/self/mountinfo; }
 clone_template() {
@@ -73,12 +75,102 @@ clone_template() {
     fi
     started=$(now_ms)
     cp -a "$template/root/." /var/lib/docker/ || return 1
+    rm -f /var/lib/docker/engine-id  # each daemon its own identity (dockerd 23 and later)
     for layer in "$template"/layers/*; do
         [ -d "$layer" ] || continue
         diff=/var/lib/docker/overlay2/${layer##*/}/diff
         mount --bind "$layer" "$diff" && mount -o remount,bind,ro "$diff" || return 1
     done
     echo "pytest-isolated-docker: cloned template $1 in $(( $(now_ms) - started )) ms"
+}
+fresh_data_root() {
+    [ -n "${PYTEST_ISOLATED_DOCKER_TEMPLATE:-}" ] || return 0
+    if ! clone_template "$PYTEST_ISOLATED_DOCKER_TEMPLATE"; then
+        echo "pytest-isolated-docker: cloning template $PYTEST_ISOLATED_DOCKER_TEMPLATE failed:" \
+            "starting empty" >&2
+        for point in $(layer_mounts); do umount "$point"; done
+        find /var/lib/docker -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+    fi
+}
+# dockerd runs in a mount namespace of its own without the store, so that neither it nor its
+# containers see the other templates; this shell keeps the store, to renew the data root.
+start_dockerd() {
+    unshare --mount --propagation slave sh -c '
+        if grep -q " /pytest-isolated-docker-store " /proc/self/mountinfo; then
+            umount /pytest-isolated-docker-store ||
+                echo "pytest-isolated-docker: the template store stays mounted" >&2
+        fi
+        cd / && exec dockerd "$@"' dockerd $mode "$@" &
+    dockerd=$!
+}
+others_alive() {
+    for stat in /proc/[0-9]*/stat; do
+        read -r line 2>/dev/null < "$stat" || continue
+        case $line in "1 "*) continue ;; esac
+        state=${line##*) }
+        [ "${state%% *}" = Z ] || return 0
+    done
+    return 1
+}
+# What the daemon's containers wrote into this container's own file system (through bind mounts
+# of its paths: a compose file's relative bind mounts, say), which no renewal could tell from the
+# image's files; dockerd's own files are known.
+own_writes() {
+    set -- -path /run -o -path /certs -o -path /etc/docker -o -path /opt/containerd
+    for point in $(awk '$5 != "/" { print $5 }' /proc/self/mountinfo); do
+        set -- "$@" -o -path "$point"  # the data root, the store, /etc/hosts...
+    done
+    find / -xdev \( "$@" \) -prune -o -cnewer /certs/epoch \
+        ! \( -type d \( -path / -o -path /etc -o -path /opt -o -path /var -o -path /var/lib \) \) \
+        -print 2>/dev/null | head -n 3
+}
+# Renewal (SIGUSR1): everything the daemon and its containers left in this container goes (their
+# processes, mounts, data root, interfaces, firewall rules, cgroups, identity); then a new dockerd
+# starts from a fresh data root. A container whose own files were written to ends instead (the
+# plugin then starts a new one).
+renew_in_place() {
+    kill -KILL -1 2>/dev/null || true
+    while others_alive; do sleep 0.005; done
+    written=$(own_writes)
+    if [ -n "$written" ]; then
+        echo "pytest-isolated-docker: not renewable in place (written by a container:" $written")"
+        exit 75
+    fi
+    for point in $(layer_mounts | sort -r); do umount -l "$point"; done
+    find /var/lib/docker -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+    rm -rf /run/docker /run/docker.pid /run/docker.sock /run/containerd /etc/docker/key.json
+    find /dev/shm -mindepth 1 -delete 2>/dev/null || true
+    for link in $(ls /sys/class/net); do
+        case " $(echo $links) " in
+            *" $link "*) ;;
+            *) ip link delete "$link" 2>/dev/null || true ;;
+        esac
+    done
+    for table in nat filter; do
+        iptables -t "$table" -F 2>/dev/null && iptables -t "$table" -X 2>/dev/null || true
+    done
+    find /sys/fs/cgroup -mindepth 2 -depth -type d -path "*/docker/*" \
+        -exec rmdir {} + 2>/dev/null || true
+}
+serve() {
+    renew=""
+    trap 'renew=1' USR1
+    trap 'kill -TERM "$dockerd" 2>/dev/null || true' TERM INT
+    if command -v ip >/dev/null; then echo "pytest-isolated-docker: renewable in place"; fi
+    while :; do
+        : > /certs/epoch
+        start_dockerd "$@"
+        while [ -z "$renew" ]; do
+            status=0
+            wait "$dockerd" || status=$?
+            [ -n "$renew" ] || kill -0 "$dockerd" 2>/dev/null || exit "$status"
+        done
+        renew=""
+        started=$(now_ms)
+        renew_in_place
+        fresh_data_root
+        echo "pytest-isolated-docker: renewed in $(( $(now_ms) - started )) ms"
+    done
 }
 if [ -n "${PYTEST_ISOLATED_DOCKER_MAKE:-}" ]; then
     mkdir -p "$store/build" "$store/templates"
@@ -97,18 +189,11 @@ if [ -n "${PYTEST_ISOLATED_DOCKER_MAKE:-}" ]; then
     build=$store/build/$PYTEST_ISOLATED_DOCKER_MAKE-$(cat /etc/hostname)
     mkdir -p "$build/root" "$build/layers"
     mount --bind "$build/root" /var/lib/docker
-elif [ -n "${PYTEST_ISOLATED_DOCKER_TEMPLATE:-}" ]; then
-    if ! clone_template "$PYTEST_ISOLATED_DOCKER_TEMPLATE"; then
-        echo "pytest-isolated-docker: cloning template $PYTEST_ISOLATED_DOCKER_TEMPLATE failed:" \
-            "starting empty" >&2
-        for point in $(layer_mounts); do umount "$point"; done
-        find /var/lib/docker -mindepth 1 -maxdepth 1 -exec rm -rf {} +
-    fi
-    # The daemon and its containers must not see the store (the other templates).
-    umount "$store" || echo "pytest-isolated-docker: the template store stays mounted" >&2
+else
+    fresh_data_root
 fi
 while [ ! -e /certs/ready ]; do sleep 0.01; done
-[ -n "${PYTEST_ISOLATED_DOCKER_MAKE:-}" ] || exec dockerd $mode "$@"
+[ -n "${PYTEST_ISOLATED_DOCKER_MAKE:-}" ] || serve "$@"
 # Making a template: once the images are loaded (/certs/finish), stop dockerd cleanly, move each
 # layer out of the data root, and publish the template under its key in one rename.
 dockerd $mode "$@" &
@@ -338,6 +423,10 @@ class StorePlan:
 
 
 CLONED = re.compile(rb"pytest-isolated-docker: cloned template \S+ in (\d+) ms")
+RENEWED = b"pytest-isolated-docker: renewed in "
+#: The entrypoint's word that it can renew its daemon in place (it has the tools).
+RENEWABLE = b"pytest-isolated-docker: renewable in place"
+
 TEMPLATE_TIMEOUT = 120.0
 
 
@@ -348,6 +437,7 @@ class DindBackend(Backend):
     roles = ("dind", "dind-data", "dind-template-maker")
     shareable = True
     cheap_to_replace = True
+    renewable = True
     #: The role label of its container.
     container_role = "dind"
     uses_host_mirror = True
@@ -359,6 +449,10 @@ class DindBackend(Backend):
     _volume: str | None = None
     _mode = ""
     _plan: StorePlan | None = None
+    _endpoint: Endpoint | None = None
+    #: The daemon was renewed in place: its log starts at the last renewal.
+    _renewed = False
+    _can_renew: bool | None = None
     #: Spent making the template this daemon starts from (reported as preload time).
     _template_seconds = 0.0
 
@@ -433,7 +527,28 @@ class DindBackend(Backend):
                 container.put_archive("/", certificates)
             # "ready" comes last: the entrypoint waits for it before starting dockerd.
             container.put_archive("/", server_archive(tls, "certs/", [("ready", b"")]))
-        return Endpoint(f"tcp://{address}:{port}", self.context.client_tls)
+        self._endpoint = Endpoint(f"tcp://{address}:{port}", self.context.client_tls)
+        return self._endpoint
+
+    def renew(self) -> Endpoint | None:
+        """Have the entrypoint kill the used daemon and all it ran, wipe what they left, and
+        start a new dockerd from a fresh data root (a clone of the template): a fresh daemon in
+        the same container, on the same port and certificates, for a fraction of a new
+        container's cost. Not when the daemon's containers wrote into the container's own file
+        system (bind mounts of its paths): the entrypoint ends it then (see ``own_writes``) and
+        the caller stops it."""
+        container, host = self._container, self._host
+        if container is None or host is None or self._endpoint is None:
+            return None
+        if self._can_renew is None:
+            # A dind image without `ip` says nothing: its interfaces could not be removed.
+            self._can_renew = RENEWABLE in container.logs(stdout=True, stderr=False)
+        if not self._can_renew:
+            return None
+        self._template_seconds = 0.0
+        self._renewed = True
+        container.kill(signal="SIGUSR1")
+        return self._endpoint
 
     def share_state(self) -> dict[str, Any]:
         assert self._container is not None
@@ -562,8 +677,8 @@ class DindBackend(Backend):
     def _clone_seconds(self) -> float:
         if self._container is None:
             return 0.0
-        found = CLONED.search(self._container.logs(stdout=True, stderr=False))
-        return int(found.group(1)) / 1000 if found else 0.0
+        found = CLONED.findall(self._container.logs(stdout=True, stderr=False))
+        return int(found[-1]) / 1000 if found else 0.0
 
     def _privilege_memo(
         self, host: docker.DockerClient
@@ -724,6 +839,8 @@ class DindBackend(Backend):
             return "(no container)"
         try:
             raw: bytes = self._container.logs(tail=tail)
+            if self._renewed:  # the daemons before the last renewal are another story
+                raw = raw[raw.rfind(RENEWED) :] if RENEWED in raw else raw
             return raw.decode(errors="replace")
         except docker.errors.DockerException as exc:
             return f"(log unavailable: {exc})"
