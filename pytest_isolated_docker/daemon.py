@@ -102,15 +102,12 @@ class Endpoint:
         _ignore_environment(client.api)
         return client
 
-    def ping(self, timeout: float) -> str | None:
-        """One unversioned ``/_ping``: the daemon's API version, or None while it is not up."""
-        api = docker.APIClient(
-            base_url=self.base_url,
-            tls=self.tls_config(),
-            version=_BOOTSTRAP_API_VERSION,
-            timeout=timeout,
-        )
-        _ignore_environment(api)
+    def ping(self, timeout: float, api: docker.APIClient | None = None) -> str | None:
+        """One unversioned ``/_ping``: the daemon's API version, or None while it is not up.
+        ``api`` (from :meth:`bootstrap_client`) saves loading the TLS files for each of many."""
+        own = api is None
+        if api is None:
+            api = self.bootstrap_client(timeout)
         try:
             response = api.get(api.base_url + "/_ping", timeout=timeout)
             if response.status_code != 200:
@@ -119,7 +116,19 @@ class Endpoint:
         except (requests.exceptions.RequestException, OSError):
             return None
         finally:
-            api.close()
+            if own:
+                api.close()
+
+    def bootstrap_client(self, timeout: float) -> docker.APIClient:
+        """A low-level client for unversioned calls, before the daemon's API version is known."""
+        api = docker.APIClient(
+            base_url=self.base_url,
+            tls=self.tls_config(),
+            version=_BOOTSTRAP_API_VERSION,
+            timeout=timeout,
+        )
+        _ignore_environment(api)
+        return api
 
 
 def _ignore_environment(api: docker.APIClient) -> None:
@@ -145,6 +154,10 @@ def phase(name: str, hint: str) -> Iterator[None]:
         raise StartupError(name, f"failed after {waited:.1f} s: {exc}. {hint}") from exc
 
 
+#: How often :func:`wait_until_ready` asks whether the daemon can still come up, in seconds.
+FAILURE_CHECK_INTERVAL = 0.1
+
+
 def wait_until_ready(
     endpoint: Endpoint,
     timeout: float,
@@ -158,26 +171,33 @@ def wait_until_ready(
     """
     start = time.monotonic()
     delay = 0.01
-    while True:
-        api_version = endpoint.ping(timeout=min(2.0, max(0.2, timeout / 10)))
-        if api_version is not None:
-            return api_version
-        reason = failure()
-        waited = time.monotonic() - start
-        if reason is not None:
-            raise StartupError(
-                "ready", f"the daemon stopped before answering: {reason}", diagnostics()
-            )
-        if waited > timeout:
-            raise StartupError(
-                "ready",
-                f"no answer on {endpoint.base_url}/_ping after {waited:.1f} s "
-                "(--docker-startup-timeout). Raise the timeout on a slow machine, or read the log "
-                "below for why dockerd did not start.",
-                diagnostics(),
-            )
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
+    checked = -FAILURE_CHECK_INTERVAL
+    ping_timeout = min(2.0, max(0.2, timeout / 10))
+    with contextlib.closing(endpoint.bootstrap_client(ping_timeout)) as api:
+        while True:
+            api_version = endpoint.ping(ping_timeout, api)
+            if api_version is not None:
+                return api_version
+            waited = time.monotonic() - start
+            reason = None
+            # Asking the backend costs a call of its own (the host engine's, say): not every poll.
+            if waited - checked >= FAILURE_CHECK_INTERVAL:
+                checked = waited
+                reason = failure()
+            if reason is not None:
+                raise StartupError(
+                    "ready", f"the daemon stopped before answering: {reason}", diagnostics()
+                )
+            if waited > timeout:
+                raise StartupError(
+                    "ready",
+                    f"no answer on {endpoint.base_url}/_ping after {waited:.1f} s "
+                    "(--docker-startup-timeout). Raise the timeout on a slow machine, or read the "
+                    "log below for why dockerd did not start.",
+                    diagnostics(),
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.2)
 
 
 @dataclass(frozen=True)

@@ -114,13 +114,16 @@ others_alive() {
 }
 # What the daemon's containers wrote into this container's own file system (through bind mounts
 # of its paths: a compose file's relative bind mounts, say), which no renewal could tell from the
-# image's files; dockerd's own files are known.
+# image's files; dockerd's own files are known. A directory not changed since the daemon started
+# holds no change either (overlayfs copies a file's directories up before the file is written, and
+# the only files copied up before are dockerd's), so the walk skips what did not change.
 own_writes() {
     set -- -path /run -o -path /certs -o -path /etc/docker -o -path /opt/containerd
     for point in $(awk '$5 != "/" { print $5 }' /proc/self/mountinfo); do
         set -- "$@" -o -path "$point"  # the data root, the store, /etc/hosts...
     done
-    find / -xdev \( "$@" \) -prune -o -cnewer /certs/epoch \
+    find / -xdev \( "$@" \) -prune -o -type d ! -cnewer /certs/epoch -prune -o \
+        -cnewer /certs/epoch \
         ! \( -type d \( -path / -o -path /etc -o -path /opt -o -path /var -o -path /var/lib \) \) \
         -print 2>/dev/null | head -n 3
 }
