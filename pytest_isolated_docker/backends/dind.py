@@ -29,7 +29,7 @@ from ..daemon import Endpoint, phase
 from ..errors import DaemonUnavailable, StartupError
 from ..images import ensure_on_host, image_exists
 from ..net import answers, free_port
-from ..tls import file_archive, server_archive
+from ..tls import file_archive, joined_archives, server_archive
 from . import dind_templates as templates
 from .base import Backend, BackendContext
 
@@ -526,10 +526,11 @@ class DindBackend(Backend):
                 ["127.0.0.1", "localhost", address, container.name or "", *self._container_ips()]
             )
             certificates = self.context.registry_certificates(type(self))
-            if certificates is not None:
-                container.put_archive("/", certificates)
             # "ready" comes last: the entrypoint waits for it before starting dockerd.
-            container.put_archive("/", server_archive(tls, "certs/", [("ready", b"")]))
+            files = server_archive(tls, "certs/", [("ready", b"")])
+            container.put_archive(
+                "/", joined_archives(certificates, files) if certificates else files
+            )
         self._endpoint = Endpoint(f"tcp://{address}:{port}", self.context.client_tls)
         return self._endpoint
 

@@ -21,7 +21,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pytest_isolated_docker import tls
 from pytest_isolated_docker.coordination import claim_session, release_session, runtime_root
-from pytest_isolated_docker.tls import CertificateAuthority, ServerTLS, server_archive
+from pytest_isolated_docker.tls import (
+    CertificateAuthority,
+    ServerTLS,
+    file_archive,
+    joined_archives,
+    server_archive,
+)
 
 SESSION = "20250101000000-0123abcd"
 
@@ -252,6 +258,26 @@ def test_server_archive_keeps_the_key_private() -> None:
             assert extracted is not None
             contents.append(extracted.read())
     assert contents == [b"CA", b"CERT", b"KEY", b"{}"]
+
+
+def test_joined_archives_keep_order_modes_directories_and_contents() -> None:
+    buffer = io.BytesIO(file_archive([("etc/docker/client.key", b"K", 0o600)]))
+    with tarfile.open(fileobj=buffer, mode="a") as tar:
+        directory = tarfile.TarInfo("etc/docker/certs.d")
+        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(directory)
+    first = buffer.getvalue()
+    second = file_archive([("ca.pem", b"CA", 0o644), ("ready", b"", 0o644)], "certs/")
+    with tarfile.open(fileobj=io.BytesIO(joined_archives(first, second))) as tar:
+        members = tar.getmembers()
+        assert [(m.name, m.mode, m.isdir()) for m in members] == [
+            ("etc/docker/client.key", 0o600, False),
+            ("etc/docker/certs.d", 0o755, True),
+            ("certs/ca.pem", 0o644, False),
+            ("certs/ready", 0o644, False),  # last, as the entrypoint waits for it
+        ]
+        files = [tar.extractfile(m) for m in members if m.isfile()]
+        assert [f.read() for f in files if f is not None] == [b"K", b"CA", b""]
 
 
 # ---- validity -----------------------------------------------------------------------------------
