@@ -88,10 +88,12 @@ def test_a_lazy_module_is_the_module_once_used() -> None:
 
 #: Each pytest process of the run records, as it ends, which of HEAVY it imported.
 RECORDER = """
-import json, os, sys
+import json, sys
 
 def pytest_unconfigure(config):
-    who = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+    # Not PYTEST_XDIST_WORKER: an outer xdist run (make unit-fast) hands it down to this one.
+    workerinput = getattr(config, "workerinput", None)
+    who = workerinput["workerid"] if workerinput is not None else "controller"
     heavy = [name for name in {heavy!r} if name in sys.modules]
     with open({record!r}, "a") as file:
         file.write(json.dumps([who, heavy]) + "\\n")
