@@ -9,15 +9,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import docker
-import docker.errors
-import docker.tls
-import requests
-
+from . import lazy
 from .errors import StartupError
 from .tls import CA_BUNDLE_VARIABLES, ClientTLS
+
+if TYPE_CHECKING:
+    import docker
+    import docker.errors
+    import docker.tls
+    import requests
+else:
+    docker = lazy.module("docker")
+    requests = lazy.module("requests")
 
 # The API version to use before the daemon has told us its own (only unversioned calls are made).
 _BOOTSTRAP_API_VERSION = "1.24"

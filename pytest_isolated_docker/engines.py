@@ -12,16 +12,23 @@ context), and hands :meth:`Engine.environment` to processes it starts (the watch
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker
-import docker.context
-import docker.errors
-import requests
+from . import lazy
+
+if TYPE_CHECKING:
+    import docker
+    import docker.context
+    import docker.errors
+    import requests
+else:
+    docker = lazy.module("docker")
+    requests = lazy.module("requests")
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 TLS_VARIABLES = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
@@ -76,7 +83,25 @@ def _from_context(name: str, why: str) -> Engine:
 
 
 def _current_context_name() -> str:
-    return str(docker.context.config.get_current_context_name() or "default")
+    """The current context of the Docker configuration, read as docker-py's
+    ``docker.context.config.get_current_context_name`` reads it (the first of its configuration
+    files that exists; "default" when it names none or cannot be read), without importing
+    docker-py: every pytest process resolves the engine, and most never need a client."""
+    candidates = [
+        os.path.join(os.environ["DOCKER_CONFIG"], "config.json")
+        if os.environ.get("DOCKER_CONFIG")
+        else "",
+        os.path.join(os.path.expanduser("~"), ".docker", "config.json"),
+        os.path.join(os.path.expanduser("~"), ".dockercfg"),
+    ]
+    path = next((c for c in candidates if c and os.path.exists(c)), None)
+    if path is None:
+        return "default"
+    try:
+        with open(path) as file:
+            return str(json.load(file).get("currentContext", "default") or "default")
+    except Exception:
+        return "default"
 
 
 def resolve(environ: Mapping[str, str] | None = None) -> Engine:

@@ -20,13 +20,18 @@ containers among it) stays; a failing test's report carries the daemon's log.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import docker
 import pytest
 
+from . import lazy
 from .daemon import DockerDaemon
 from .session import daemon_or_outcome, own_daemon_options, session_of
+
+if TYPE_CHECKING:
+    import docker
+else:
+    docker = lazy.module("docker")
 
 Scope = Literal["session", "package", "module", "class", "function"]
 

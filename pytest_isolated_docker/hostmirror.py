@@ -31,18 +31,21 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker
-import docker.errors
-
-from . import engines
+from . import engines, lazy
 from .coordination import locked, read_json, write_json
 from .engines import Engine
 from .errors import StartupError
 from .mirrorstore import DIGEST, MANIFEST_TYPE, ExportError, Store
 from .net import bridge_gateway
 from .tls import CertificateAuthority, ClientTLS
+
+if TYPE_CHECKING:
+    import docker
+    import docker.errors
+else:
+    docker = lazy.module("docker")
 
 # The reference grammar of the distribution spec (lower-case path components, tags).
 _NAME = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"

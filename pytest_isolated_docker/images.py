@@ -18,13 +18,18 @@ import time
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import docker
-import docker.errors
-
+from . import lazy
 from .coordination import LockTimeout, cache_dir, locked, state_root
 from .errors import StartupError
 from .settings import Settings
+
+if TYPE_CHECKING:
+    import docker
+    import docker.errors
+else:
+    docker = lazy.module("docker")
 
 _CHUNK = 1024 * 1024
 RECIPES = ("dind", "vm")

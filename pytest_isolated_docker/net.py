@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
+from typing import TYPE_CHECKING
 
-import docker
-
+from . import lazy
 from .errors import StartupError
+
+if TYPE_CHECKING:
+    import docker
+else:
+    docker = lazy.module("docker")
 
 
 def free_port(address: str = "127.0.0.1") -> int:

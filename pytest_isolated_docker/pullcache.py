@@ -22,9 +22,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import docker
-
+from . import lazy
 from .coordination import (
     Holder,
     Lease,
@@ -36,6 +36,11 @@ from .coordination import (
 )
 from .errors import StartupError
 from .net import answers, bridge_gateway, free_port
+
+if TYPE_CHECKING:
+    import docker
+else:
+    docker = lazy.module("docker")
 
 REGISTRY_BINARY = "docker-registry"
 _START_TIMEOUT = 30.0

@@ -34,16 +34,19 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import docker
-import docker.errors
-
-from . import engines
+from . import engines, lazy
 from .backends import DeadSession, ReapIncomplete, all_backends, describe_objects, list_objects
 from .coordination import dead_session_dirs, session_alive, sessions_root
 from .daemon import remove_objects
 from .labels import HOST, PID, ROLE, SESSION, Identity, host_id
+
+if TYPE_CHECKING:
+    import docker
+    import docker.errors
+else:
+    docker = lazy.module("docker")
 
 HEARTBEAT_ROLE = "heartbeat"
 HEARTBEAT_INTERVAL = 5.0

@@ -12,12 +12,11 @@ import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker
 import pytest
 
-from . import hostmirror, pullcache, reaper
+from . import hostmirror, lazy, pullcache, reaper
 from .backends import Backend, BackendContext, backend_class
 from .coordination import release_session
 from .daemon import Baseline, DockerDaemon
@@ -28,6 +27,11 @@ from .placement import Placement, Pool
 from .settings import Settings, SettingsError, override
 from .sharing import SharedBackend
 from .spares import Spares
+
+if TYPE_CHECKING:
+    import docker
+else:
+    docker = lazy.module("docker")
 
 #: A reset facing at least this many containers swaps in a warm spare when it may.
 SWAP_AT_CONTAINERS = 5

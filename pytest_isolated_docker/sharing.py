@@ -10,15 +10,19 @@ watchdog never removes a daemon others use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker
-
+from . import lazy
 from .backends import Backend, BackendContext
 from .coordination import Holder, Lease, read_json, write_json
 from .daemon import DockerDaemon, Endpoint
 from .errors import DaemonUnavailable
 from .lifecycle import start_daemon
+
+if TYPE_CHECKING:
+    import docker
+else:
+    docker = lazy.module("docker")
 
 
 class SharedBackend(Backend):

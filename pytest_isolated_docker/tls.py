@@ -25,14 +25,24 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from requests.utils import DEFAULT_CA_BUNDLE_PATH
-
+from . import lazy
 from .coordination import locked
+
+if TYPE_CHECKING:
+    import requests.utils
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509 import oid
+else:
+    x509 = lazy.module("cryptography.x509")
+    hashes = lazy.module("cryptography.hazmat.primitives.hashes")
+    serialization = lazy.module("cryptography.hazmat.primitives.serialization")
+    ec = lazy.module("cryptography.hazmat.primitives.asymmetric.ec")
+    oid = lazy.module("cryptography.x509.oid")
+    requests = lazy.module("requests")
 
 _VALIDITY = datetime.timedelta(days=2)
 
@@ -194,7 +204,7 @@ def _trusted_certificates(environment: Mapping[str, str]) -> list[bytes]:
             return _pem_certificates(Path(value))
         except OSError:
             continue  # unreadable: as if unset
-    return _pem_certificates(Path(DEFAULT_CA_BUNDLE_PATH))
+    return _pem_certificates(Path(requests.utils.DEFAULT_CA_BUNDLE_PATH))
 
 
 def _join_pem(first: bytes, rest: Iterable[bytes]) -> bytes:
@@ -206,8 +216,8 @@ def _join_pem(first: bytes, rest: Iterable[bytes]) -> bytes:
 def _name(common_name: str) -> x509.Name:
     return x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pytest-isolated-docker"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(oid.NameOID.ORGANIZATION_NAME, "pytest-isolated-docker"),
+            x509.NameAttribute(oid.NameOID.COMMON_NAME, common_name),
         ]
     )
 
@@ -298,7 +308,7 @@ class CertificateAuthority:
                 sans.append(x509.IPAddress(ipaddress.ip_address(host)))
             except ValueError:
                 sans.append(x509.DNSName(host))
-        cert, key = self._issue("dockerd", ExtendedKeyUsageOID.SERVER_AUTH, sans)
+        cert, key = self._issue("dockerd", oid.ExtendedKeyUsageOID.SERVER_AUTH, sans)
         return ServerTLS(ca_cert=_cert_pem(self.cert), cert=cert, key=key)
 
     def client_tls(self, cert_dir: Path) -> ClientTLS:
@@ -307,7 +317,7 @@ class CertificateAuthority:
         cert_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with locked(cert_dir.parent / (cert_dir.name + ".lock")):
             if not tls.client_key.exists():
-                cert, key = self._issue("client", ExtendedKeyUsageOID.CLIENT_AUTH, [])
+                cert, key = self._issue("client", oid.ExtendedKeyUsageOID.CLIENT_AUTH, [])
                 _write_private(tls.client_key, key)
                 tls.client_cert.write_bytes(cert)
                 tls.ca_cert.write_bytes(_cert_pem(self.cert))

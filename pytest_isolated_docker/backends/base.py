@@ -15,13 +15,9 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import docker
-import docker.errors
-import requests
-
-from .. import engines
+from .. import engines, lazy
 from ..coordination import claim_session
 from ..daemon import Endpoint, remove_objects
 from ..engines import Engine
@@ -31,6 +27,14 @@ from ..images import ensure_on_host, image_exists, preload
 from ..labels import DAEMON, ROLE, SESSION, Identity
 from ..settings import Settings
 from ..tls import CertificateAuthority, ClientTLS
+
+if TYPE_CHECKING:
+    import docker
+    import docker.errors
+    import requests
+else:
+    docker = lazy.module("docker")
+    requests = lazy.module("requests")
 
 
 def engine_now() -> Engine:

@@ -18,12 +18,9 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker
-import docker.errors
-from docker.models.containers import Container
-
+from .. import lazy
 from ..coordination import die_with_parent, locked, read_json, state_root, write_json
 from ..daemon import Endpoint, phase
 from ..errors import DaemonUnavailable, StartupError
@@ -32,6 +29,13 @@ from ..net import answers, free_port
 from ..tls import file_archive, joined_archives, server_archive
 from . import dind_templates as templates
 from .base import Backend, BackendContext
+
+if TYPE_CHECKING:
+    import docker
+    import docker.errors
+    from docker.models.containers import Container
+else:
+    docker = lazy.module("docker")
 
 DOCKERD_PORT = 2376
 

@@ -23,11 +23,16 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import docker
-import docker.errors
-
+from .. import lazy
 from ..labels import PREFIX, ROLE
+
+if TYPE_CHECKING:
+    import docker
+    import docker.errors
+else:
+    docker = lazy.module("docker")
 
 #: Bumped when the layout of a template changes: templates of another format are never used.
 FORMAT = 1

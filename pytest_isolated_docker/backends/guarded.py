@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import docker
-import docker.errors
-
+from .. import lazy
 from ..coordination import state_root
 from ..guard import BindRoot, GuardProxy, make_guard
 from ..labels import DAEMON, ROLE, SESSION
 from .base import BackendContext, DeadSession
 from .hostengine import HostEngineBackend
+
+if TYPE_CHECKING:
+    import docker
+    import docker.errors
+else:
+    docker = lazy.module("docker")
 
 #: Host paths no bind may reach, whatever the allow-list says: engine and containerd sockets and
 #: state (each is root on the host).

@@ -11,14 +11,18 @@ from __future__ import annotations
 import abc
 import contextlib
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import docker
-
+from .. import lazy
 from ..daemon import Endpoint, remove_objects
 from ..labels import DAEMON
 from ..proxying import Connector, PrivateUnixServer, connector_for, host_engine_url, host_tls
 from .base import Backend
+
+if TYPE_CHECKING:
+    import docker
+else:
+    docker = lazy.module("docker")
 
 
 class HostEngineBackend(Backend):

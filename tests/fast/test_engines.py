@@ -99,3 +99,48 @@ def test_rootless_socket_when_there_is_no_system_socket(
     # With the system socket present, that one is the default (as for the CLI).
     (tmp_path / "absent.sock").touch()
     assert engines.resolve({"XDG_RUNTIME_DIR": str(runtime)}).url.endswith("absent.sock")
+
+
+CONFIGS = {
+    "none": {},
+    "no current context": {"config.json": {"auths": {}}},
+    "a current context": {"config.json": {"currentContext": "colima"}},
+    "the default context": {"config.json": {"currentContext": "default"}},
+    "an empty name": {"config.json": {"currentContext": ""}},
+    "not JSON": {"config.json": "{not json"},
+    "not an object": {"config.json": ["currentContext"]},
+    "legacy file only": {"legacy": {"currentContext": "old"}},
+    "home only": {"home": {"currentContext": "home-context"}},
+    "DOCKER_CONFIG wins over home": {
+        "config.json": {"currentContext": "from-env"},
+        "home": {"currentContext": "home-context"},
+    },
+}
+
+
+@pytest.mark.parametrize("layout", CONFIGS.values(), ids=CONFIGS.keys())
+def test_the_current_context_is_read_as_docker_py_reads_it(
+    layout: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plugin reads the current context's name without docker-py (not to import it in
+    processes that need no client): it must read what docker-py reads."""
+    import docker.context.config
+
+    home, config = tmp_path / "home", tmp_path / "docker-config"
+    (home / ".docker").mkdir(parents=True)
+    config.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    places = {
+        "config.json": config / "config.json",
+        "home": home / ".docker" / "config.json",
+        "legacy": home / ".dockercfg",
+    }
+    for place, content in layout.items():
+        text = content if isinstance(content, str) else json.dumps(content)
+        places[place].write_text(text)
+    expected = docker.context.config.get_current_context_name() or "default"
+    assert engines._current_context_name() == expected
+    monkeypatch.delenv("DOCKER_CONFIG")
+    expected = docker.context.config.get_current_context_name() or "default"
+    assert engines._current_context_name() == expected

@@ -9,9 +9,9 @@ driven through the ``docker-machine`` CLI.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import docker
-
+from ... import lazy
 from ...daemon import Endpoint
 from ...errors import DaemonUnavailable
 from ...images import image_exists
@@ -19,6 +19,11 @@ from ..base import Backend, BackendContext, DeadSession, ReapIncomplete
 from .docker_machine import DockerMachineDriver
 from .driver import MachineDriver
 from .qemu import QemuDriver
+
+if TYPE_CHECKING:
+    import docker
+else:
+    docker = lazy.module("docker")
 
 QEMU = "qemu"
 

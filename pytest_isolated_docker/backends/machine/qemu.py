@@ -27,9 +27,9 @@ import subprocess
 import tempfile
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import docker
-
+from ... import lazy
 from ...coordination import locked, read_json, runtime_root, write_json
 from ...daemon import Endpoint, wait_until_ready
 from ...errors import StartupError
@@ -48,6 +48,11 @@ from .vm import (
     reap_qemu,
     tail,
 )
+
+if TYPE_CHECKING:
+    import docker
+else:
+    docker = lazy.module("docker")
 
 HOST_FROM_GUEST = "10.0.2.2"
 VCPUS = 2
