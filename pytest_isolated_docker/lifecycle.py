@@ -4,13 +4,19 @@ and renewing a used one in place."""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import docker.errors
-import requests.exceptions
-
+from . import lazy
 from .backends import Backend, BackendContext, backend_class
 from .daemon import DockerDaemon, phase, wait_until_ready
 from .errors import StartupError
+
+if TYPE_CHECKING:
+    import docker.errors
+    import requests.exceptions
+else:
+    docker = lazy.module("docker")
+    requests = lazy.module("requests")
 
 
 def start_daemon(
