@@ -21,8 +21,10 @@ from collections.abc import Callable
 from .daemon import DockerDaemon
 from .settings import Settings
 
-#: How many used daemons with the same settings wait to be renewed into spares.
-PARKED_PER_SETTINGS = 2
+#: How many used daemons with the same settings wait to be renewed into spares: one suffices for
+#: tests that each take a daemon (a test's teardown parks one, the next test's spare claims it),
+#: and more would only wait to be stopped at the end.
+PARKED_PER_SETTINGS = 1
 
 
 class Spares:
