@@ -66,15 +66,16 @@ iptables -t nat -A POSTROUTING -o "$nic" -j MASQUERADE || say "cannot masquerade
 # dockerd, on its unix socket only: nothing outside the VM reaches it but through the TLS
 # terminator below. Its output goes to a file (followed on the console), where the reload of
 # daemon.json is looked for; its daemon.json is replaced and reloaded once the VM's own arrives.
-# The runtime is given on the command line, not in daemon.json, so that the VM's daemon.json
-# (which replaces this one) cannot drop it on reload.
+# The runtime (crun, with dockerd's network hook swapped: see crun-docker in the recipe) is given
+# on the command line, not in daemon.json, so that the VM's daemon.json (which replaces this one)
+# cannot drop it on reload.
 mkdir -p /etc/docker
 echo '{}' > /etc/docker/daemon.json
 : > /run/dockerd.log
 tail -n +1 -f /run/dockerd.log &
 say "starting dockerd"
 dockerd --containerd=/run/containerd/containerd.sock --host=unix:///var/run/docker.sock \
-    --add-runtime crun=/usr/bin/crun --default-runtime crun \
+    --add-runtime crun=/usr/local/sbin/crun-docker --default-runtime crun \
     >> /run/dockerd.log 2>&1 &
 dockerd_pid=$!
 until docker version > /dev/null 2>&1; do
