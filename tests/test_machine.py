@@ -125,6 +125,30 @@ def test_root_of_the_daemons_host_is_not_the_real_host(docker_client, docker_dae
     assert "qemu" in docker_daemon.describe()["mode"]
 
 
+def test_containers_run_with_crun_on_the_default_bridge(docker_client):
+    # The VM's dockerd runs its containers with crun (a C runtime: cheaper under TCG than runc),
+    # on its default bridge network as anywhere else: an address, a default route through the
+    # bridge's gateway, IPv6 disabled in the container as dockerd does.
+    assert docker_client.info()["DefaultRuntime"] == "crun"
+    container = docker_client.containers.run(
+        "debian:bookworm-slim", ["sleep", "300"], detach=True
+    )
+    try:
+        container.reload()
+        assert container.attrs["HostConfig"]["Runtime"] == "crun"
+        network = container.attrs["NetworkSettings"]["Networks"]["bridge"]
+        assert network["IPAddress"].startswith("172.17.")
+        gateway = bytes(int(part) for part in network["Gateway"].split("."))[::-1].hex().upper()
+        code, routes = container.exec_run(["cat", "/proc/net/route"])
+        assert code == 0
+        default = [line.split() for line in routes.decode().splitlines()[1:]]
+        assert ["eth0", "00000000", gateway] in [fields[:3] for fields in default]
+        code, ipv6 = container.exec_run(["cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6"])
+        assert (code, ipv6.strip()) == (0, b"1")
+    finally:
+        container.remove(force=True)
+
+
 def test_client_without_certificate_is_refused(docker_daemon):
     # The VM's TLS terminator verifies the server side for us and requires a client certificate.
     url = docker_daemon.base_url.replace("tcp://", "https://") + "/_ping"
@@ -139,7 +163,7 @@ def test_container_writing_to_root_of_its_host_does_not_touch_the_real_host(
     marker = f"pytest-isolated-docker-machine-{uuid.uuid4().hex}"
     pytester.makepyfile(ISOLATION_TEST.format(marker=marker))
     result = run_machine(pytester, PRELOAD)
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(
         [
             "*machine qemu * vCPU, restored from a snapshot* at tcp://127.0.0.1:*"

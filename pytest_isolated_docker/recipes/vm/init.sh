@@ -66,12 +66,16 @@ iptables -t nat -A POSTROUTING -o "$nic" -j MASQUERADE || say "cannot masquerade
 # dockerd, on its unix socket only: nothing outside the VM reaches it but through the TLS
 # terminator below. Its output goes to a file (followed on the console), where the reload of
 # daemon.json is looked for; its daemon.json is replaced and reloaded once the VM's own arrives.
+# The runtime (crun, with dockerd's network hook swapped: see crun-docker in the recipe) is given
+# on the command line, not in daemon.json, so that the VM's daemon.json (which replaces this one)
+# cannot drop it on reload.
 mkdir -p /etc/docker
 echo '{}' > /etc/docker/daemon.json
 : > /run/dockerd.log
 tail -n +1 -f /run/dockerd.log &
 say "starting dockerd"
 dockerd --containerd=/run/containerd/containerd.sock --host=unix:///var/run/docker.sock \
+    --add-runtime crun=/usr/local/sbin/crun-docker --default-runtime crun \
     >> /run/dockerd.log 2>&1 &
 dockerd_pid=$!
 until docker version > /dev/null 2>&1; do
@@ -154,6 +158,13 @@ if [ "$kind" != config ]; then
     say "unexpected answer on the control channel: $kind"; exit 1
 fi
 date -s "@$now" > /dev/null
+# A VM restored from a snapshot starts with QEMU's cache of translated code empty (it is not part
+# of the snapshot): under TCG the first container would translate, among the rest, the Go
+# start-up of containerd's shim and of dockerd (which executes itself again per container to set
+# up the network namespace), about 1.5 s of CPU. Both are run once now, in the background while
+# the TLS terminator starts and the host connects, so that their code is translated by then.
+# Nothing here is visible through the Docker API.
+(containerd-shim-runc-v2 -v; dockerd --version) > /dev/null 2>&1 &
 if ! unpack /etc/pytest-isolated-docker "$payload"; then
     say "cannot unpack the configuration"; exit 1
 fi
