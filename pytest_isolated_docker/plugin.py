@@ -149,13 +149,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionstart(session: pytest.Session) -> Generator[None, None, None]:
+    """Before xdist starts its workers: the pull-through cache, whose address they receive.
+    After (so that the workers boot meanwhile): the check that the preload images exist."""
     state = session.config.stash[session_key]
     if not state.owns_session or session.config.option.collectonly:
-        return
+        return (yield)
     state.claim()
     if state.settings.pull_through_cache:
-        # Before xdist configures its workers, so that they receive the mirror's address.
         try:
             with contextlib.closing(state.context.host_client()) as host:
                 state.pull_cache_url = pullcache.acquire(host, state.settings.pull_through_upstream)
@@ -166,28 +168,44 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             ) from None
         state.holds_pull_cache = True
         state.add_mirror(state.pull_cache_url)
-    if state.settings.preload and not state.pool.is_pool:
-        # Once per run, before any test: a missing image is a configuration error, not N failures.
-        # (The engines of a pool get what they lack as each daemon starts.)
-        try:
-            host = state.context.host_client()
-        except DaemonUnavailable:
-            return  # each test reports (or skips on) the unreachable engine itself
-        donors = state.context.image_donors()
-        try:
-            ensure_on_host(
-                host,
-                state.settings.preload,
-                "preload",
-                PRELOAD_HINT,
-                donors,
-            )
-        except StartupError as exc:
-            raise pytest.UsageError(f"{exc} (from {state.settings.sources['preload']})") from None
-        finally:
-            host.close()
-            for donor in donors:
-                donor.close()
+    result = yield
+    session.config.stash[_preload_problem_key] = _preload_problem(state)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session) -> Generator[None, None, Any]:
+    """A missing preload image ends the run here, once the session has begun (so that xdist
+    stops the workers it started)."""
+    problem = session.config.stash.get(_preload_problem_key, None)
+    if problem is not None:
+        raise pytest.UsageError(problem)
+    return (yield)
+
+
+#: Why the preload images cannot be had, found at the session's start (None: they can).
+_preload_problem_key = pytest.StashKey[str | None]()
+
+
+def _preload_problem(state: DockerSession) -> str | None:
+    """Once per run, before any test: a missing image is a configuration error, not N failures.
+    (The engines of a pool get what they lack as each daemon starts.)"""
+    if not state.settings.preload or state.pool.is_pool:
+        return None
+    try:
+        host = state.context.host_client()
+    except DaemonUnavailable:
+        return None  # each test reports (or skips on) the unreachable engine itself
+    donors = state.context.image_donors()
+    try:
+        ensure_on_host(host, state.settings.preload, "preload", PRELOAD_HINT, donors)
+    except StartupError as exc:
+        return f"{exc} (from {state.settings.sources['preload']})"
+    finally:
+        host.close()
+        for donor in donors:
+            donor.close()
+    return None
 
 
 def _uses_docker(item: pytest.Item | None) -> bool:
