@@ -38,12 +38,16 @@ def start_daemon(
             endpoint, context.settings.startup_timeout, instance.failure, instance.diagnostics
         )
         daemon = DockerDaemon(instance, endpoint, api_version, time.monotonic() - started)
-        with phase("preload", "Check the host engine's disk and the daemon log."):
-            daemon.preload_seconds = instance.preload(daemon.client)
+        _preload(daemon, instance)
     except BaseException:
         instance.stop()
         raise
     return daemon
+
+
+def _preload(daemon: DockerDaemon, instance: Backend) -> None:
+    with phase("preload", "Check the host engine's disk and the daemon log."):
+        daemon.preload_seconds = instance.preload(daemon.client)
 
 
 def renew_daemon(used: DockerDaemon) -> DockerDaemon | None:
@@ -86,8 +90,7 @@ def renew_daemon(used: DockerDaemon) -> DockerDaemon | None:
     daemon.renewed = True
     used.hand_over()
     try:
-        with phase("preload", "Check the host engine's disk and the daemon log."):
-            daemon.preload_seconds = instance.preload(daemon.client)
+        _preload(daemon, instance)
     except BaseException:
         daemon.stop()
         raise
