@@ -877,6 +877,7 @@ class DindTemplateMaker(DindBackend):
     """A dind daemon whose data root, once the images are streamed in, becomes a template."""
 
     container_role = "dind-template-maker"
+    renewable = False  # its data root becomes the template
 
     def __init__(self, context: BackendContext, plan: StorePlan) -> None:
         super().__init__(context)
