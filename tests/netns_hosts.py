@@ -200,6 +200,14 @@ def netns_host(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        # What outlives its parent there: sshd's per-connection processes, say (a client may
+        # still hold its connection).
+        with contextlib.suppress(subprocess.CalledProcessError):
+            for pid in subprocess.run(
+                ["ip", "netns", "pids", name], check=True, capture_output=True, text=True
+            ).stdout.split():
+                with contextlib.suppress(OSError):
+                    os.kill(int(pid), signal.SIGKILL)
         with contextlib.suppress(subprocess.CalledProcessError):
             _run("ip", "link", "del", veth)
         with contextlib.suppress(subprocess.CalledProcessError):
