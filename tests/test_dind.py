@@ -231,7 +231,12 @@ def test_used_fresh_daemons_are_renewed_in_place_into_the_next_spares(
             SEEN.append(engine)
             with open("endpoints", "a") as seen:
                 seen.write(docker_test_daemon.base_url + "\\n")
-            docker_client.networks.create("mine")
+            network = docker_client.networks.create("mine")
+            network.reload()
+            # The first network's subnet: the one a brand-new daemon picks, unless the interfaces
+            # of a daemon before it were left in the container.
+            with open("subnets", "a") as seen:
+                seen.write(network.attrs["IPAM"]["Config"][0]["Subnet"] + "\\n")
             docker_client.volumes.create("data")
             docker_client.containers.run(
                 "debian:bookworm-slim", "sleep 300", detach=True, network="mine",
@@ -245,6 +250,8 @@ def test_used_fresh_daemons_are_renewed_in_place_into_the_next_spares(
     result.assert_outcomes(passed=6)
     endpoints = (pytester.path / "endpoints").read_text().split()
     assert len(set(endpoints)) < len(endpoints), endpoints  # some were renewed in place
+    subnets = (pytester.path / "subnets").read_text().split()
+    assert len(set(subnets)) == 1, subnets
     result.stdout.fnmatch_lines(["*renewed in place*leaks at teardown: 0 [[]fresh for *"])
     assert labelled(host_engine, session_of(result.stdout.str())) == []
 
