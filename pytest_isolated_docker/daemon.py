@@ -107,12 +107,10 @@ class Endpoint:
         _ignore_environment(client.api)
         return client
 
-    def ping(self, timeout: float, api: docker.APIClient | None = None) -> str | None:
-        """One unversioned ``/_ping``: the daemon's API version, or None while it is not up.
-        ``api`` (from :meth:`bootstrap_client`) saves loading the TLS files for each of many."""
-        own = api is None
-        if api is None:
-            api = self.bootstrap_client(timeout)
+    @staticmethod
+    def ping(api: docker.APIClient, timeout: float) -> str | None:
+        """One unversioned ``/_ping`` through ``api`` (a :meth:`bootstrap_client`, kept across
+        polls): the daemon's API version, or None while it is not up."""
         try:
             response = api.get(api.base_url + "/_ping", timeout=timeout)
             if response.status_code != 200:
@@ -120,9 +118,6 @@ class Endpoint:
             return response.headers.get("API-Version") or _BOOTSTRAP_API_VERSION
         except (requests.exceptions.RequestException, OSError):
             return None
-        finally:
-            if own:
-                api.close()
 
     def bootstrap_client(self, timeout: float) -> docker.APIClient:
         """A low-level client for unversioned calls, before the daemon's API version is known."""
@@ -180,7 +175,7 @@ def wait_until_ready(
     ping_timeout = min(2.0, max(0.2, timeout / 10))
     with contextlib.closing(endpoint.bootstrap_client(ping_timeout)) as api:
         while True:
-            api_version = endpoint.ping(ping_timeout, api)
+            api_version = endpoint.ping(api, ping_timeout)
             if api_version is not None:
                 return api_version
             waited = time.monotonic() - start
@@ -375,13 +370,14 @@ class DockerDaemon:
         filters = dict(self._backend.owned_filters())
         return len(self.client.api.containers(all=True, quiet=True, filters=filters))
 
-    def holdings(self) -> ResetStats:
-        """How many containers, custom networks and volumes the daemon holds now (that a reset
-        with nothing to keep would remove)."""
+    def holdings(self, containers: int) -> ResetStats:
+        """How many custom networks and volumes the daemon holds now, with ``containers`` (its
+        :meth:`container_count`, which the caller has): what a reset with nothing to keep would
+        remove."""
         api = self.client.api
         filters = self._backend.owned_filters()
         return ResetStats(
-            containers=self.container_count(),
+            containers=containers,
             networks=len(api.networks(filters={**filters, "type": ["custom"]})),
             volumes=len(api.volumes(filters=dict(filters)).get("Volumes") or []),
         )

@@ -243,11 +243,13 @@ class DockerSession:
         """Stop ``daemon`` in the background and keep its facts for the terminal summary."""
         self._spares.retire(daemon, label)
 
-    def _finish(self, daemon: DockerDaemon, label: str) -> None:
-        """Stop ``daemon``; record its facts, and as leaks what it left or why it did not stop.
-        A daemon swapped out by a reset or a spare no test took (no ``label``) is recorded only
-        if it leaked."""
-        facts = daemon.describe()
+    def _finish(
+        self, daemon: DockerDaemon, label: str, facts: dict[str, Any] | None = None
+    ) -> None:
+        """Stop ``daemon``; record its facts (``facts`` when the caller has them), and as leaks
+        what it left or why it did not stop. A daemon swapped out by a reset or a spare no test
+        took (no ``label``) is recorded only if it leaked."""
+        facts = daemon.describe() if facts is None else facts
         try:
             leftovers = daemon.stop()
         except Exception as exc:  # in the background: reported, not raised
@@ -267,7 +269,7 @@ class DockerSession:
         except Exception:  # the renewal failed half-way: stopped below, a new spare instead
             renewed = None
         if renewed is None:
-            self._finish(daemon, label)
+            self._finish(daemon, label, facts)
             return None
         placement = self._placements.pop(id(daemon), None)
         if placement is not None:
@@ -341,11 +343,11 @@ class DockerSession:
         such reset) and destroy the used daemon in the background: removing twenty containers
         takes seconds, the swap milliseconds. A reset with few containers costs no extra call."""
         if self._may_swap(daemon, baseline):
-            many = daemon.container_count() >= SWAP_AT_CONTAINERS
-            if many and self._nothing_to_keep(daemon, baseline):
+            containers = daemon.container_count()
+            if containers >= SWAP_AT_CONTAINERS and self._nothing_to_keep(daemon, baseline):
                 spare = self._spares.ready(self.settings)
                 if spare is not None:
-                    held = daemon.holdings()
+                    held = daemon.holdings(containers)
                     daemon.swap(spare)  # ``spare`` now stands for the used daemon
                     self._swap_placements(daemon, spare)
                     held.resets = 1
