@@ -97,6 +97,9 @@ def assert_nothing_left(session: str) -> None:
 ISOLATION_TEST = """
 import os
 
+import io
+import tarfile
+
 import pytest
 import requests
 
@@ -145,6 +148,15 @@ def test_containers_run_with_crun_on_the_default_bridge(docker_client):
         assert ["eth0", "00000000", gateway] in [fields[:3] for fields in default]
         code, ipv6 = container.exec_run(["cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6"])
         assert (code, ipv6.strip()) == (0, b"1")
+        # dockerd's other self-executions (here: unpacking an archive into the container) still
+        # reach dockerd through the VM's dockerd-reexec.
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            info = tarfile.TarInfo("copied-in")
+            info.size = len(MARKER)
+            tar.addfile(info, io.BytesIO(MARKER.encode()))
+        assert container.put_archive("/tmp", archive.getvalue())
+        assert container.exec_run(["cat", "/tmp/copied-in"]) == (0, MARKER.encode())
     finally:
         container.remove(force=True)
 

@@ -85,15 +85,29 @@ done
 say "dockerd answers"
 
 # One container runs before any snapshot is taken, from a one-file image of busybox: the first
-# container a test runs then finds dockerd's, containerd's and runc's lazily set-up state made and
-# their files read. The image is removed again.
-warmup=$(mktemp -d)
-cp /bin/busybox "$warmup/busybox"
-tar -C "$warmup" -c busybox | docker import -q - pytest-isolated-docker-warmup > /dev/null \
-    && docker run --rm pytest-isolated-docker-warmup /busybox true \
-    || say "the warm-up container failed"
+# container a test runs then finds dockerd's, containerd's and crun's lazily set-up state made and
+# their files read. Its OCI bundle, as dockerd made it (namespaces, capabilities, seccomp profile),
+# is kept as $warmup/config.json, made to run busybox from $warmup/rootfs without dockerd's
+# files, network hook or image: a VM restored from the snapshot runs it with crun (see below).
+# The image and the container are removed again.
+warmup=/run/pytest-isolated-docker-warmup
+mkdir -p "$warmup/rootfs"
+cp /bin/busybox "$warmup/rootfs/busybox"
+# (--pull never: were the import to fail, dockerd would look for the image on Docker Hub.)
+if tar -C "$warmup/rootfs" -c busybox | docker import - pytest-isolated-docker-warmup > /dev/null \
+    && id=$(docker run -d --pull never pytest-isolated-docker-warmup /busybox sleep 60); then
+    jq '.root = {"path": "rootfs"} | del(.hooks)
+        | .mounts |= map(select(.source | startswith("/var/lib/docker/") | not))
+        | .process.args = ["/busybox", "true"] | .process.terminal = false
+        | .linux.cgroupsPath = "/pytest-isolated-docker-warmup"
+        | .linux.namespaces |= map(del(.path))' \
+        "/run/containerd/io.containerd.runtime.v2.task/moby/$id/config.json" \
+        > "$warmup/config.json" || rm -f "$warmup/config.json"
+    docker rm -f "$id" > /dev/null
+else
+    say "the warm-up container failed"
+fi
 docker rmi -f pytest-isolated-docker-warmup > /dev/null 2>&1
-rm -rf "$warmup"
 say "warm-up container ran"
 
 # Mutual TLS on 0.0.0.0:2376 in front of dockerd's socket, with the certificates in directory $1
@@ -159,21 +173,41 @@ if [ "$kind" != config ]; then
 fi
 date -s "@$now" > /dev/null
 # A VM restored from a snapshot starts with QEMU's cache of translated code empty (it is not part
-# of the snapshot): under TCG the first container would translate, among the rest, the Go
-# start-up of containerd's shim and of dockerd (which executes itself again per container to set
-# up the network namespace), about 1.5 s of CPU. Both are run once now, in the background while
-# the TLS terminator starts and the host connects, so that their code is translated by then.
-# Nothing here is visible through the Docker API.
-(containerd-shim-runc-v2 -v; dockerd --version) > /dev/null 2>&1 &
+# of the snapshot): under TCG the first container would translate all it runs anew. While this
+# script gets the VM's configuration and the host connects (one vCPU is idle then), a background
+# job runs what of a container's start runs outside dockerd and containerd, so that its code is
+# translated by then: crun creating, starting and deleting the warm-up bundle (the kernel's
+# namespace, mount, cgroup and seccomp paths with it), an overlay mount, a veth pair on a bridge
+# with one end configured in a network namespace (192.0.2.0/24: documentation addresses, routed
+# nowhere), and the Go start-up
+# of containerd's shim; dockerd's too, which executes itself again per container, unless the
+# recipe pointed that at dockerd-reexec (/sbin/dockerdx; see the Dockerfile). It uses names of
+# its own and leaves nothing: nothing of it is visible through the Docker API.
+(
+    if [ -f "$warmup/config.json" ]; then
+        crun --root "$warmup/state" run --bundle "$warmup" pytest-isolated-docker-warmup
+    fi
+    mkdir -p "$warmup/lower" "$warmup/upper" "$warmup/work" "$warmup/merged" \
+        && mount -t overlay overlay -o "lowerdir=$warmup/lower,upperdir=$warmup/upper,workdir=$warmup/work" \
+            "$warmup/merged" && umount "$warmup/merged"
+    ip link add pid-warm-br type bridge \
+        && ip link add pid-warm0 type veth peer name pid-warm1 \
+        && ip link set pid-warm0 master pid-warm-br && ip link set pid-warm0 up \
+        && ip netns add pid-warm && ip link set pid-warm1 netns pid-warm \
+        && ip -n pid-warm addr add 192.0.2.2/24 dev pid-warm1 && ip -n pid-warm link set pid-warm1 up \
+        && ip -n pid-warm route add default via 192.0.2.1
+    ip netns delete pid-warm; ip link delete pid-warm0; ip link delete pid-warm-br
+    rm -rf "$warmup/lower" "$warmup/upper" "$warmup/work" "$warmup/merged"
+    containerd-shim-runc-v2 -v
+    [ -e /sbin/dockerdx ] || dockerd --version
+) > /dev/null 2>&1 &
 if ! unpack /etc/pytest-isolated-docker "$payload"; then
     say "cannot unpack the configuration"; exit 1
 fi
 # VMs restored from one snapshot share the kernel's random state: mix in the host's seed and
 # reseed now (RNDRESEEDCRNG) rather than at the kernel's next periodic reseed; the terminator's
 # OpenSSL seeds itself after this.
-cat /etc/pytest-isolated-docker/entropy > /dev/urandom
-perl -e 'open(my $f, "<", "/dev/urandom") or die; ioctl($f, 0x5207, 0) or die "reseed: $!\n"' \
-    || say "could not reseed the kernel's random generator"
+crng-reseed /etc/pytest-isolated-docker/entropy || say "could not reseed the kernel's random generator"
 rm -f /etc/pytest-isolated-docker/entropy
 say "configuration received"
 
