@@ -99,6 +99,7 @@ import os
 
 import io
 import tarfile
+import time
 
 import pytest
 import requests
@@ -161,6 +162,31 @@ def test_containers_run_with_crun_on_the_default_bridge(docker_client):
         container.remove(force=True)
 
 
+def test_container_whose_shim_died_is_reported_exited(docker_client):
+    # containerd cleans up after a shim that died: the VM's shim script hands that clean-up to
+    # the real shim when the runtime still holds the container, which kills what the container
+    # ran and reports it exited (128 + SIGKILL); dockerd then shows it exited and removes it.
+    victim = docker_client.containers.run(
+        "debian:bookworm-slim", ["sleep", "300"], detach=True
+    )
+    try:
+        docker_client.containers.run(
+            "debian:bookworm-slim",
+            # "[c]" keeps the pattern from matching this command line itself.
+            ["nsenter", "-t", "1", "-a", "pkill", "-KILL", "-f",
+             f"[c]ontainerd-shim-runc-v2 .*-id {{victim.id}}"],
+            privileged=True, pid_mode="host", remove=True,
+        )
+        deadline = time.monotonic() + 120
+        victim.reload()
+        while victim.status != "exited" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            victim.reload()
+        assert (victim.status, victim.attrs["State"]["ExitCode"]) == ("exited", 137)
+    finally:
+        victim.remove(force=True)
+
+
 def test_client_without_certificate_is_refused(docker_daemon):
     # The VM's TLS terminator verifies the server side for us and requires a client certificate.
     url = docker_daemon.base_url.replace("tcp://", "https://") + "/_ping"
@@ -175,7 +201,7 @@ def test_container_writing_to_root_of_its_host_does_not_touch_the_real_host(
     marker = f"pytest-isolated-docker-machine-{uuid.uuid4().hex}"
     pytester.makepyfile(ISOLATION_TEST.format(marker=marker))
     result = run_machine(pytester, PRELOAD)
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(
         [
             "*machine qemu * vCPU, restored from a snapshot* at tcp://127.0.0.1:*"

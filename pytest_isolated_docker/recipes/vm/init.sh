@@ -190,15 +190,15 @@ date -s "@$now" > /dev/null
     mkdir -p "$warmup/lower" "$warmup/upper" "$warmup/work" "$warmup/merged" \
         && mount -t overlay overlay -o "lowerdir=$warmup/lower,upperdir=$warmup/upper,workdir=$warmup/work" \
             "$warmup/merged" && umount "$warmup/merged"
-    ip link add pid-warm-br type bridge \
-        && ip link add pid-warm0 type veth peer name pid-warm1 \
-        && ip link set pid-warm0 master pid-warm-br && ip link set pid-warm0 up \
-        && ip netns add pid-warm && ip link set pid-warm1 netns pid-warm \
-        && ip -n pid-warm addr add 192.0.2.2/24 dev pid-warm1 && ip -n pid-warm link set pid-warm1 up \
-        && ip -n pid-warm route add default via 192.0.2.1
-    ip netns delete pid-warm; ip link delete pid-warm0; ip link delete pid-warm-br
+    printf '%s\n' "link add pid-warm-br type bridge" "link add pid-warm0 type veth peer name pid-warm1" \
+        "link set pid-warm0 master pid-warm-br" "link set pid-warm0 up" "netns add pid-warm" \
+        "link set pid-warm1 netns pid-warm" | ip -batch - \
+        && printf '%s\n' "addr add 192.0.2.2/24 dev pid-warm1" "link set pid-warm1 up" \
+            "route add default via 192.0.2.1" | ip -n pid-warm -batch -
+    printf '%s\n' "netns delete pid-warm" "link delete pid-warm0" "link delete pid-warm-br" \
+        | ip -force -batch -
     rm -rf "$warmup/lower" "$warmup/upper" "$warmup/work" "$warmup/merged"
-    containerd-shim-runc-v2 -v
+    /usr/bin/containerd-shim-runc-v2 -v
     [ -e /sbin/dockerdx ] || dockerd --version
 ) > /dev/null 2>&1 &
 if ! unpack /etc/pytest-isolated-docker "$payload"; then
