@@ -1,4 +1,5 @@
-"""Parsers of what other programs print or users type: ``docker-machine config`` and mirror URLs.
+"""Parsers of what other programs print or users type: ``docker-machine config``, mirror URLs and
+a VM's console (a hung guest).
 
 (The dind storage spec is a setting: see test_settings.py.)
 """
@@ -11,6 +12,7 @@ import pytest
 
 from pytest_isolated_docker.backends.machine.docker_machine import parse_config
 from pytest_isolated_docker.backends.machine.qemu import guest_url
+from pytest_isolated_docker.backends.machine.vm import hung_reason
 
 MACHINE = "/tmp/pytest-isolated-docker-0/sessions/s/docker-machine-1/machines/pid-s-main-machine"
 
@@ -114,3 +116,29 @@ def test_loopback_mirrors_are_rewritten_for_the_guest(url: str, expected: str) -
 )
 def test_other_mirrors_are_left_as_they_are(url: str) -> None:
     assert guest_url(url) == url
+
+
+# A TCG boot that hung for good (2026-11-29, CI-like load): the watchdog's reports grow.
+HUNG_CONSOLE = """pytest-isolated-docker-init: [3.36] filesystems mounted
+[   48.631387] watchdog: BUG: soft lockup - CPU#1 stuck for 41s! [swapper/1:0]
+[   52.503334] watchdog: BUG: soft lockup - CPU#0 stuck for 48s! [modprobe:123]
+[   76.631223] watchdog: BUG: soft lockup - CPU#1 stuck for 67s! [swapper/1:0]
+"""
+
+
+def test_a_console_with_a_long_soft_lockup_is_a_hung_guest() -> None:
+    assert hung_reason(HUNG_CONSOLE) == "CPU#1 stuck for 67 s"
+
+
+@pytest.mark.parametrize(
+    "console",
+    [
+        "",
+        "pytest-isolated-docker-init: [3.36] filesystems mounted\n",
+        # a short stall of a busy host is reported too; the boot may go on
+        "[   30.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [modprobe:123]\n",
+        HUNG_CONSOLE.rsplit("\n", 2)[0],  # 41 s and 48 s only
+    ],
+)
+def test_a_console_without_a_long_soft_lockup_is_not_a_hung_guest(console: str) -> None:
+    assert hung_reason(console) is None

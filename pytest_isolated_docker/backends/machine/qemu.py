@@ -39,9 +39,11 @@ from ..base import Backend, BackendContext, ReapIncomplete
 from .driver import MachineDriver
 from .snapshot import INSTALL_QEMU_IMG, QEMU_IMG, Preload, ensure_snapshot, unfinished_builds
 from .vm import (
+    BOOT_ATTEMPTS,
     QEMU_BINARY,
     Diagnostics,
     Disk,
+    GuestHung,
     Machine,
     QemuProcess,
     config_line,
@@ -206,13 +208,20 @@ class QemuDriver(MachineDriver):
             )
         else:
             self._boot = "cold boot"
-        self.vm_dir.mkdir(mode=0o700)
-        qemu = self.qemu = QemuProcess(self.vm_dir, machine, self.backend.object_name("vm"))
-        qemu.launch_forwarded(disk, self.backend.diagnostics, incoming)
-        if incoming is not None:
-            qemu.resume_snapshot(timeout, self.backend.diagnostics)
-        else:
-            qemu.wait_until_guest_waits(timeout, self.backend.diagnostics)
+        for attempt in range(1, BOOT_ATTEMPTS + 1):
+            self.vm_dir.mkdir(mode=0o700)
+            qemu = self.qemu = QemuProcess(self.vm_dir, machine, self.backend.object_name("vm"))
+            qemu.launch_forwarded(disk, self.backend.diagnostics, incoming)
+            if incoming is not None:
+                qemu.resume_snapshot(timeout, self.backend.diagnostics)
+                break
+            try:
+                qemu.wait_until_guest_waits(timeout, self.backend.diagnostics)
+                break
+            except GuestHung:
+                if attempt == BOOT_ATTEMPTS:
+                    raise
+                qemu.kill()  # and its directory: the next attempt starts afresh
         qemu.send_config(config_line(self._guest_config()), timeout, self.backend.diagnostics)
         return Endpoint(f"tcp://127.0.0.1:{qemu.port}", self.context.client_tls)
 

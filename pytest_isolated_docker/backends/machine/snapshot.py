@@ -41,7 +41,7 @@ from pathlib import Path
 
 from ...coordination import Holder, cache_dir, is_held, locked, read_json, write_json
 from ...errors import StartupError
-from .vm import Diagnostics, Disk, Machine, QemuProcess, tail
+from .vm import BOOT_ATTEMPTS, Diagnostics, Disk, GuestHung, Machine, QemuProcess, tail
 
 # Bumped when the guest side of the protocol (recipes/vm/init.sh) changes what a snapshot holds.
 PROTOCOL = "3"
@@ -167,22 +167,42 @@ def ensure_snapshot(
         if (final / META).exists():
             return Snapshot(final), 0.0
         _remove_orphans(parent)
-        build = parent / f"{key}.build-{secrets.token_hex(4)}"
-        builder = Holder.take(_builder_file(build))  # before the dir exists
-        build.mkdir()
         started = time.monotonic()
-        try:
-            _take_snapshot(machine, root_disk, build, run_dir, name, timeout, preload)
-            meta = {"root_disk": str(root_disk.resolve()), "machine": name, "made": time.time()}
-            write_json(build / META, {**meta, "images": dict(preload.images if preload else ())})
-            if builder is not None:
-                builder.release()
-            os.replace(build, final)
-        finally:
-            if builder is not None:
-                builder.release()
-            shutil.rmtree(build, ignore_errors=True)
+        for attempt in range(1, BOOT_ATTEMPTS + 1):
+            try:
+                _build(final, key, machine, root_disk, run_dir, name, timeout, preload)
+                break
+            except GuestHung:
+                if attempt == BOOT_ATTEMPTS:
+                    raise
         return Snapshot(final), time.monotonic() - started
+
+
+def _build(
+    final: Path,
+    key: str,
+    machine: Machine,
+    root_disk: Path,
+    run_dir: Path,
+    name: str,
+    timeout: float,
+    preload: Preload | None,
+) -> None:
+    """One boot that makes the snapshot into ``final``; nothing of it is left if it fails."""
+    build = final.parent / f"{key}.build-{secrets.token_hex(4)}"
+    builder = Holder.take(_builder_file(build))  # before the dir exists
+    build.mkdir()
+    try:
+        _take_snapshot(machine, root_disk, build, run_dir, name, timeout, preload)
+        meta = {"root_disk": str(root_disk.resolve()), "machine": name, "made": time.time()}
+        write_json(build / META, {**meta, "images": dict(preload.images if preload else ())})
+        if builder is not None:
+            builder.release()
+        os.replace(build, final)
+    finally:
+        if builder is not None:
+            builder.release()
+        shutil.rmtree(build, ignore_errors=True)
 
 
 def _take_snapshot(

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import gzip
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -57,6 +58,14 @@ KERNEL_ARGS = (
 # guest's init then flushes and drops its caches before it waits, which makes the snapshot smaller.
 SNAPSHOT_KERNEL_ARG = "pytest_isolated_docker.snapshot"
 READY_LINE = b"ready\n"
+# The guest kernel's watchdog reports a vCPU that made no progress every ~28 s ("watchdog: BUG:
+# soft lockup - CPU#0 stuck for 41s!"). Under TCG a boot has been seen to hang for good that way
+# (a module load waiting on the other vCPU, which sat idle); a report of this long is a hang, not
+# a busy host.
+HUNG_AFTER_SECONDS = 60
+# A boot that hung is made again from the start, once.
+BOOT_ATTEMPTS = 2
+_SOFT_LOCKUP = re.compile(r"soft lockup - (CPU#\d+) stuck for (\d+)s")
 
 #: Builds the text attached to an error (console tail, state) when the error happens.
 Diagnostics = Callable[[], str]
@@ -102,6 +111,18 @@ class Disk:
     def drive_arg(self) -> str:
         spec = f"file={self.path},if=virtio,format={self.format}"
         return spec + (",snapshot=on" if self.throwaway else "")
+
+
+class GuestHung(StartupError):
+    """The guest's kernel stopped making progress while it booted (see :func:`hung_reason`)."""
+
+
+def hung_reason(console: str) -> str | None:
+    """Why the console shows a hung guest ("CPU#0 stuck for 67 s"), or None."""
+    for match in _SOFT_LOCKUP.finditer(console):
+        if int(match.group(2)) >= HUNG_AFTER_SECONDS:
+            return f"{match.group(1)} stuck for {match.group(2)} s"
+    return None
 
 
 def tail(path: Path, lines: int) -> str:
@@ -319,6 +340,11 @@ class QemuProcess:
         received = b""
         while READY_LINE not in received:
             self._check_running("booting", diagnostics)
+            hung = hung_reason(tail(self.console_log, 20))
+            if hung is not None:
+                raise GuestHung(
+                    "start", f"the VM's kernel hung while it booted ({hung})", diagnostics()
+                )
             if time.monotonic() > deadline:
                 raise StartupError(
                     "start",
