@@ -39,15 +39,14 @@ from ..base import Backend, BackendContext, ReapIncomplete
 from .driver import MachineDriver
 from .snapshot import INSTALL_QEMU_IMG, QEMU_IMG, Preload, ensure_snapshot, unfinished_builds
 from .vm import (
-    BOOT_ATTEMPTS,
     QEMU_BINARY,
     Diagnostics,
     Disk,
-    GuestHung,
     Machine,
     QemuProcess,
     config_line,
     reap_qemu,
+    retry_hung_boot,
     tail,
 )
 
@@ -208,20 +207,22 @@ class QemuDriver(MachineDriver):
             )
         else:
             self._boot = "cold boot"
-        for attempt in range(1, BOOT_ATTEMPTS + 1):
+
+        def launch() -> QemuProcess:
             self.vm_dir.mkdir(mode=0o700)
             qemu = self.qemu = QemuProcess(self.vm_dir, machine, self.backend.object_name("vm"))
             qemu.launch_forwarded(disk, self.backend.diagnostics, incoming)
             if incoming is not None:
                 qemu.resume_snapshot(timeout, self.backend.diagnostics)
-                break
-            try:
+            else:
                 qemu.wait_until_guest_waits(timeout, self.backend.diagnostics)
-                break
-            except GuestHung:
-                if attempt == BOOT_ATTEMPTS:
-                    raise
-                qemu.kill()  # and its directory: the next attempt starts afresh
+            return qemu
+
+        def kill() -> None:  # and its directory: the next boot starts afresh
+            if self.qemu is not None:
+                self.qemu.kill()
+
+        qemu = retry_hung_boot(launch, between=kill)
         qemu.send_config(config_line(self._guest_config()), timeout, self.backend.diagnostics)
         return Endpoint(f"tcp://127.0.0.1:{qemu.port}", self.context.client_tls)
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from ...coordination import Holder, cache_dir, is_held, locked, read_json, write_json
 from ...errors import StartupError
-from .vm import BOOT_ATTEMPTS, Diagnostics, Disk, GuestHung, Machine, QemuProcess, tail
+from .vm import Diagnostics, Disk, Machine, QemuProcess, retry_hung_boot, tail
 
 # Bumped when the guest side of the protocol (recipes/vm/init.sh) changes what a snapshot holds.
 PROTOCOL = "3"
@@ -168,13 +168,10 @@ def ensure_snapshot(
             return Snapshot(final), 0.0
         _remove_orphans(parent)
         started = time.monotonic()
-        for attempt in range(1, BOOT_ATTEMPTS + 1):
-            try:
-                _build(final, key, machine, root_disk, run_dir, name, timeout, preload)
-                break
-            except GuestHung:
-                if attempt == BOOT_ATTEMPTS:
-                    raise
+        retry_hung_boot(
+            lambda: _build(final, key, machine, root_disk, run_dir, name, timeout, preload),
+            between=lambda: None,  # a failed build leaves nothing: _build starts afresh
+        )
         return Snapshot(final), time.monotonic() - started
 
 

@@ -34,7 +34,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ...coordination import (
     Holder,
@@ -66,6 +66,7 @@ HUNG_AFTER_SECONDS = 60
 # A boot that hung is made again from the start, once.
 BOOT_ATTEMPTS = 2
 _SOFT_LOCKUP = re.compile(r"soft lockup - (CPU#\d+) stuck for (\d+)s")
+_T = TypeVar("_T")
 
 #: Builds the text attached to an error (console tail, state) when the error happens.
 Diagnostics = Callable[[], str]
@@ -123,6 +124,17 @@ def hung_reason(console: str) -> str | None:
         if int(match.group(2)) >= HUNG_AFTER_SECONDS:
             return f"{match.group(1)} stuck for {match.group(2)} s"
     return None
+
+
+def retry_hung_boot(boot: Callable[[], _T], between: Callable[[], None]) -> _T:
+    """``boot()``, made again after ``between()`` when the guest hung (:class:`GuestHung`), up to
+    :data:`BOOT_ATTEMPTS` boots in all; the last hang is raised."""
+    for _ in range(BOOT_ATTEMPTS - 1):
+        try:
+            return boot()
+        except GuestHung:
+            between()
+    return boot()
 
 
 def tail(path: Path, lines: int) -> str:
