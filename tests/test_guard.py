@@ -589,6 +589,13 @@ def test_slow(docker_client):
 """
 
 
+def session_images(host_engine: docker.DockerClient, session: str) -> list[str]:
+    """IDs of the host's images carrying the session's label, listed in one call: the high-level
+    ``images.list`` inspects each image afterwards and fails on one the sweep removes meanwhile."""
+    images = host_engine.api.images(filters={"label": f"{SESSION}={session}"}, quiet=True)
+    return list(images)
+
+
 def test_kill_9_of_a_guarded_session_leaves_nothing(
     pytester: pytest.Pytester, host_engine: docker.DockerClient
 ) -> None:
@@ -609,7 +616,7 @@ def test_kill_9_of_a_guarded_session_leaves_nothing(
             time.sleep(0.2)
         made = labelled(host_engine, session)
         assert len(made) >= 4, made
-        assert host_engine.images.list(filters={"label": f"{SESSION}={session}"})
+        assert session_images(host_engine, session)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -620,7 +627,7 @@ def test_kill_9_of_a_guarded_session_leaves_nothing(
     def gone() -> bool:
         return (
             labelled(host_engine, session) == []
-            and not host_engine.images.list(filters={"label": f"{SESSION}={session}"})
+            and not session_images(host_engine, session)
             and not session_dir.exists()
         )
 
