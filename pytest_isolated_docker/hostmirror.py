@@ -39,6 +39,7 @@ from .engines import Engine
 from .errors import StartupError
 from .mirrorstore import DIGEST, MANIFEST_TYPE, ExportError, Store
 from .net import bridge_gateway
+from .proxying import SHUTDOWN_POLL_INTERVAL
 from .tls import CertificateAuthority, ClientTLS
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ class HostMirror:
         server = _Server((address, port), tls, images, log)
         thread = threading.Thread(
             target=server.serve_forever,
-            kwargs={"poll_interval": 0.2},
+            kwargs={"poll_interval": SHUTDOWN_POLL_INTERVAL},
             name="pytest-isolated-docker-host-mirror",
             daemon=True,
         )

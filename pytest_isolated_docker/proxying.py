@@ -24,6 +24,10 @@ DEFAULT_HOST = "unix:///var/run/docker.sock"
 
 _Server = TypeVar("_Server", bound="PrivateUnixServer")
 
+#: How often a background server's loop checks whether it is asked to stop, in seconds: a stop
+#: waits up to this long, on the way of every teardown (socketserver's default is 0.5 s).
+SHUTDOWN_POLL_INTERVAL = 0.02
+
 
 def host_engine_url(environment: Mapping[str, str]) -> str:
     """The host engine's URL, as the docker CLI reads it (``DOCKER_HOST``, else the socket)."""
@@ -178,7 +182,12 @@ class PrivateUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServ
             os.umask(old_umask)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, name=name, daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL_INTERVAL},
+            name=name,
+            daemon=True,
+        )
 
     @property
     def base_url(self) -> str:

@@ -1,10 +1,9 @@
-"""Crash-proof cleanup: a watchdog per pytest process, engine heartbeats, and the sweep.
+"""Crash-proof cleanup: what a dead process or session left, engine heartbeats, and the sweep.
 
-The watchdog is a detached process (its own session, so Ctrl-C to pytest's process group does not
-reach it) whose stdin is a pipe that only the pytest process holds open. When pytest dies in any
-way (SIGKILL, out-of-memory, a CI timeout), the kernel closes the pipe, the watchdog reads EOF and
-removes everything labelled with that process's pid; once no process of the session is left, it
-removes the session's remains. Nothing runs in a container and no host socket is handed to anything.
+The watchdog of each pytest process (:mod:`.watchdog`) calls :func:`reap_process` when the process
+dies in any way (SIGKILL, out-of-memory, a CI timeout): it removes everything labelled with that
+process's pid and, once no process of the session is left, the session's remains. Nothing runs in
+a container and no host socket is handed to anything.
 
 While its process lives, the watchdog renews a *heartbeat* on the host engine: a labelled volume
 made anew every few seconds. It is how a run that cannot see this process (another container or
@@ -19,22 +18,15 @@ no backend by name.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
-import json
-import os
 import re
-import select
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from . import engines, lazy
 from .backends import DeadSession, ReapIncomplete, all_backends, describe_objects, list_objects
@@ -83,6 +75,12 @@ def beat(client: docker.DockerClient, identity: Identity) -> None:
         if volume["Name"] != newest:
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 client.api.remove_volume(volume["Name"], force=True)
+
+
+def beat_quietly(client: docker.DockerClient, identity: Identity) -> None:
+    """:func:`beat`, an engine that does not answer now ignored (asked again at the next beat)."""
+    with contextlib.suppress(docker.errors.DockerException, OSError):
+        beat(client, identity)
 
 
 def heartbeat_age(client: docker.DockerClient, session_id: str) -> float | None:
@@ -203,7 +201,7 @@ def unproven_sessions(client: docker.DockerClient) -> list[str]:
 # ---- what a process's end leaves ------------------------------------------------------------
 
 
-def _engine(environment: Mapping[str, str] | None) -> docker.DockerClient | None:
+def engine_client(environment: Mapping[str, str] | None) -> docker.DockerClient | None:
     """A client of the host engine if it answers now, else None."""
     try:
         if environment is None:
@@ -219,7 +217,7 @@ def _engine(environment: Mapping[str, str] | None) -> docker.DockerClient | None
     return client
 
 
-def _remove_labelled(client: docker.DockerClient | None, labels: list[str]) -> list[str]:
+def remove_labelled(client: docker.DockerClient | None, labels: list[str]) -> list[str]:
     if client is None:
         return []
     filters = {"label": labels}
@@ -239,7 +237,7 @@ def end_session(
     engine (they have all ended) and its directory. ``environments`` name the engines."""
     removed: list[str] = []
     for environment in environments:
-        client = _engine(environment)
+        client = engine_client(environment)
         try:
             dead = DeadSession(session_id, directory if directory.exists() else None, client)
             removed += reap(dead)
@@ -253,11 +251,11 @@ def reap_process(session_id: str, pid: int, environments: Sequence[Mapping[str, 
     """What the watchdog does when process ``pid`` is gone: remove what it made on each engine,
     then, once no process of the session is left (or after a bounded wait), what the session
     left."""
-    clients = [client for env in environments if (client := _engine(env)) is not None]
+    clients = [client for env in environments if (client := engine_client(env)) is not None]
     try:
         removed: list[str] = []
         for client in clients:
-            removed += _remove_labelled(client, [f"{SESSION}={session_id}", f"{PID}={pid}"])
+            removed += remove_labelled(client, [f"{SESSION}={session_id}", f"{PID}={pid}"])
         directory = sessions_root() / session_id
         deadline = time.monotonic() + SESSION_END_WAIT
         while directory.is_dir() and session_alive(directory):
@@ -273,118 +271,15 @@ def reap_process(session_id: str, pid: int, environments: Sequence[Mapping[str, 
             client.close()
 
 
-# ---- the watchdog ---------------------------------------------------------------------------
-
-
-ENGINES_VARIABLE = "PYTEST_ISOLATED_DOCKER_WATCHED_ENGINES"
-
-
-class Watchdog:
-    """Handle on the detached watchdog process of this pytest process."""
-
-    def __init__(self, process: subprocess.Popen[bytes], pipe: IO[bytes]) -> None:
-        self._process = process
-        self._pipe = pipe
-
-    @classmethod
-    def start(cls, identity: Identity, environments: Sequence[Mapping[str, str]]) -> Watchdog:
-        """Watch this process; ``environments`` name the engines it may put objects on."""
-        read_end, write_end = os.pipe()
-        args = [
-            sys.executable,
-            "-m",
-            "pytest_isolated_docker.reaper",
-            "watch",
-            "--session",
-            identity.session_id,
-            "--worker",
-            identity.worker,
-            "--pid",
-            str(os.getpid()),
-        ]
-        process = subprocess.Popen(
-            args,
-            stdin=read_end,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-            env={**os.environ, ENGINES_VARIABLE: json.dumps([dict(e) for e in environments])},
-        )
-        os.close(read_end)
-        os.set_inheritable(write_end, False)
-        return cls(process, os.fdopen(write_end, "wb", buffering=0))
-
-    def dismiss(self) -> None:
-        """Normal end: everything was cleaned up in-process; the watchdog removes its heartbeats
-        and exits."""
-        try:
-            self._pipe.write(b"done")
-            self._pipe.close()
-        except OSError:
-            pass
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-
-
-def _watch(identity: Identity, environments: list[dict[str, str]]) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    clients: list[docker.DockerClient] = []
-    received = b""
-    next_beat = 0.0
-    while True:
-        if time.monotonic() >= next_beat:
-            if not clients:  # engines that did not answer yet may answer now
-                clients = [c for env in environments if (c := _engine(env)) is not None]
-            for client in clients:
-                with contextlib.suppress(docker.errors.DockerException, OSError):
-                    beat(client, identity)
-            next_beat = time.monotonic() + HEARTBEAT_INTERVAL
-        ready, _, _ = select.select([0], [], [], max(0.0, next_beat - time.monotonic()))
-        if not ready:
-            continue
-        chunk = os.read(0, 64)
-        if not chunk:
-            break
-        received += chunk
-    if received == b"done":
-        labels = [f"{SESSION}={identity.session_id}", f"{PID}={identity.pid}"]
-        for client in clients:
-            _remove_labelled(client, [*labels, f"{ROLE}={HEARTBEAT_ROLE}"])
-        return 0
-    for client in clients:
-        client.close()
-    reap_process(identity.session_id, identity.pid, environments)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pytest_isolated_docker.reaper")
-    sub = parser.add_subparsers(dest="command", required=True)
-    watch = sub.add_parser("watch")
-    watch.add_argument("--session", required=True)
-    watch.add_argument("--worker", required=True)
-    watch.add_argument("--pid", type=int, required=True)
-    args = parser.parse_args(argv)
-    environments = json.loads(os.environ.get(ENGINES_VARIABLE, "[]")) or [
-        engines.resolve().environment()
-    ]
-    return _watch(Identity(args.session, args.worker, args.pid), environments)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 __all__ = [
     "HEARTBEAT_EXPIRY",
     "Evidence",
-    "Watchdog",
+    "beat",
+    "beat_quietly",
     "end_session",
+    "engine_client",
     "proven_dead",
     "reap",
+    "remove_labelled",
     "sweep",
 ]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import os
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -27,6 +29,7 @@ from .placement import Placement, Pool
 from .settings import Settings, SettingsError, override
 from .sharing import SharedBackend
 from .spares import Spares
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     import docker
@@ -69,7 +72,7 @@ class DockerSession:
         self._lock = threading.Lock()
         self._future: concurrent.futures.Future[DockerDaemon] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._watchdog: reaper.Watchdog | None = None
+        self._watchdog: Watchdog | None = None
         self.summaries: list[dict[str, Any]] = []
         self.session_leftovers: list[str] = []
         self._spares = Spares(self._start_own, self._finish, self._renew)
@@ -137,12 +140,15 @@ class DockerSession:
                 return
             self.claim()
             self.context = dataclasses.replace(self.context, bind_roots=self._run_directories())
-            # Tells the session's owner, at its end, that the host engine may hold leftovers.
-            (self.context.session_dir / ENGINE_USED).touch()
-            self._watchdog = reaper.Watchdog.start(self.identity, self.pool.environments())
-            threading.Thread(
-                target=self._sweep_stale, name="pytest-isolated-docker-sweep", daemon=True
-            ).start()
+            # Tells the session's owner, at its end, that the host engine may hold leftovers;
+            # and makes its creator the one process of the session that sweeps (the xdist
+            # workers start at once, and a second sweep would only take CPU from their starts).
+            sweeps = _created_first(self.context.session_dir / ENGINE_USED)
+            self._watchdog = Watchdog.start(self.identity, self.pool.environments())
+            if sweeps:
+                threading.Thread(
+                    target=self._sweep_stale, name="pytest-isolated-docker-sweep", daemon=True
+                ).start()
 
     def _run_directories(self) -> tuple[str, ...]:
         """pytest's basetemp (this worker's): where tests' tmp_path directories live, which a
@@ -421,6 +427,15 @@ class DockerSession:
         release_session(self.identity.session_id)
         if self._watchdog is not None:
             self._watchdog.dismiss()
+
+
+def _created_first(path: Path) -> bool:
+    """Create ``path``; True for the one process that created it, False if it existed."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True
 
 
 def own_daemon_options(node: pytest.Item) -> dict[str, Any] | None:

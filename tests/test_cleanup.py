@@ -232,6 +232,7 @@ def test_a_session_of_another_runtime_dir_is_swept_only_when_its_heartbeat_expir
     """Another container (own /tmp, same engine): alive while its watchdog's heartbeat is fresh,
     swept once the engine says the heartbeat expired after the whole namespace was killed."""
     from pytest_isolated_docker.reaper import HEARTBEAT_EXPIRY
+    from pytest_isolated_docker.watchdog import FIRST_BEAT_DELAY
 
     other = tmp_path / "other"
     (other / "runtime").mkdir(parents=True)
@@ -249,6 +250,12 @@ def test_a_session_of_another_runtime_dir_is_swept_only_when_its_heartbeat_expir
         _wait_for(lambda: (other / "started").exists(), 120, "the other run's test")
         made = labelled(host_engine, session)
         assert made
+        # The watchdog's first heartbeat comes FIRST_BEAT_DELAY after its start.
+        _wait_for(
+            lambda: any("-heartbeat-" in o for o in labelled(host_engine, session)),
+            FIRST_BEAT_DELAY + 30,
+            "the other run's first heartbeat",
+        )
         assert session not in _prune(), "a session with a fresh heartbeat must be kept"
     finally:
         process.kill()  # --kill-child: pytest and its watchdog die together, nothing cleans up

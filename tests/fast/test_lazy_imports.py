@@ -148,3 +148,20 @@ def test_the_record_does_show_an_import(pytester: pytest.Pytester) -> None:
     )
     imported = dict(json.loads(line) for line in record.read_text().splitlines())
     assert "docker" in imported["controller"], imported
+
+
+def test_a_watchdog_dismissed_before_its_first_heartbeat_imports_none_of_them() -> None:
+    """A run shorter than FIRST_BEAT_DELAY: its watchdog never loads an engine client (the
+    engine named here does not exist: contacting it would fail the call, not hang it)."""
+    code = """
+    import os
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"done")
+    os.close(write_end)
+    os.dup2(read_end, 0)
+    from pytest_isolated_docker.labels import Identity
+    from pytest_isolated_docker.watchdog import watch
+    identity = Identity("20990101000000-0badcafe", "gw0", 1)
+    assert watch(identity, [{"DOCKER_HOST": "unix:///nonexistent/docker.sock"}]) == 0
+    """
+    assert imported_after(textwrap.dedent(code)) == []
