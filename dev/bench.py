@@ -7,14 +7,17 @@ Rows (p50/p90 over at least 5 runs each):
   (c) the official docker:dind way in the same image: openssl RSA-4096 CA/server/client, then
       dockerd --tlsverify, to the first TLS handshake;
   (d) reset of an empty daemon and of one with 20 containers;
-  (e) a session of container tests with -n 2 against -n 1;
+  (e) a session of container tests with -n 2 against -n 1 and without xdist (each pytest run with
+      Python's bytecode cache, see _USER_ENV);
+  (i) the same tests with a fresh daemon each;
   preload of a ~100 MB image against a raw `docker save | docker load` between the same engines;
   on-demand pull of the base image from the host mirror (cache cold and warm) against its preload;
   (g) the guarded backend: latency each API call gains through the guard (p50 of many calls,
       guard minus direct, same client), and `docker run --rm` through the guard against direct;
   the machine backend's rows when dev/bench_machine.py is present.
 
-BENCH_ONLY=guard runs the (g) rows alone, BENCH_ONLY=engines the (h) rows (remote engines).
+BENCH_ONLY=guard runs the (g) rows alone, BENCH_ONLY=engines the (h) rows (remote engines),
+BENCH_ONLY=sessions the (e) and (i) rows (whole pytest runs).
 """
 
 from __future__ import annotations
@@ -298,6 +301,23 @@ FRESH_SUITE = SESSION_SUITE.replace(
 )
 
 
+#: The environment of the measured pytest runs: with Python's bytecode cache, as users have it.
+#: Under PYTHONDONTWRITEBYTECODE (set on this project's machines) an editable install has no
+#: cached bytecode of the plugin, and every pytest process, each xdist worker among them,
+#: compiled its modules again (about 0.1 s of CPU each).
+_USER_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def _compile_plugin() -> None:
+    """Write the plugin's bytecode cache once, before the measured runs."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "pytest_isolated_docker")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env=_USER_ENV,
+    )
+
+
 def session_time(workers: int, suite: Path) -> float:
     """A whole pytest run of ``suite``: without xdist for 0 workers, else ``-n workers``.
     pytest-docker-tools, in the development environment for the compatibility tests, is kept
@@ -308,8 +328,46 @@ def session_time(workers: int, suite: Path) -> float:
     if workers:
         args += ["-n", str(workers)]
     start = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, cwd=suite.parent)
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, cwd=suite.parent, env=_USER_ENV)
     return time.perf_counter() - start
+
+
+def session_rows() -> list[dict[str, Any]]:
+    """(e) and (i): whole pytest runs of the 8-test suite, interleaved (a slow moment of the
+    machine hits all four kinds)."""
+    rows: list[dict[str, Any]] = []
+    _compile_plugin()
+    with tempfile.TemporaryDirectory() as suite_dir:
+        suite = Path(suite_dir, "test_session.py")
+        suite.write_text(SESSION_SUITE)
+        fresh_suite = Path(suite_dir, "test_fresh.py")
+        fresh_suite.write_text(FRESH_SUITE)
+        one, xdist_one, two, fresh = [], [], [], []
+        for _ in range(RUNS):
+            one.append(session_time(0, suite))
+            xdist_one.append(session_time(1, suite))
+            two.append(session_time(2, suite))
+            fresh.append(session_time(0, fresh_suite))
+    rows.append(row("(e) session of 8 container tests, without xdist", one))
+    rows.append(row("(e) session of 8 container tests, -n 1 (xdist, one worker)", xdist_one))
+    rows.append(
+        row(
+            "(e) session of 8 container tests, -n 2",
+            two,
+            target="faster than without xdist",
+            ratio_to_no_xdist=round(statistics.median(two) / statistics.median(one), 3),
+            ratio_to_n1=round(statistics.median(two) / statistics.median(xdist_one), 3),
+        )
+    )
+    rows.append(
+        row(
+            "(i) the same 8 tests, a fresh daemon each (warm spares, renewals), no xdist: added "
+            "per test",
+            [(f - o) / 8 for f, o in zip(fresh, one, strict=True)],
+            target="<= 0.15 s",
+        )
+    )
+    return rows
 
 
 # preload ---------------------------------------------------------------------------------------
@@ -606,6 +664,9 @@ def main() -> int:
         rows = [row("(b) dind backend: request to ready client", local), *engine_rows(host, local)]
         print_table(rows)
         return 0
+    if os.environ.get("BENCH_ONLY") == "sessions":
+        print_table(session_rows())
+        return 0
     if os.environ.get("BENCH_ONLY") == "guard":
         rows = guard_rows()
         print_table(rows)
@@ -650,36 +711,7 @@ def main() -> int:
         rows.extend(reset_rows(daemon))
     rows.append(swap_reset_row())
 
-    with tempfile.TemporaryDirectory() as suite_dir:
-        suite = Path(suite_dir, "test_session.py")
-        suite.write_text(SESSION_SUITE)
-        fresh_suite = Path(suite_dir, "test_fresh.py")
-        fresh_suite.write_text(FRESH_SUITE)
-        one, xdist_one, two, fresh = [], [], [], []
-        for _ in range(RUNS):  # interleaved: a slow moment of the machine hits all four
-            one.append(session_time(0, suite))
-            xdist_one.append(session_time(1, suite))
-            two.append(session_time(2, suite))
-            fresh.append(session_time(0, fresh_suite))
-    rows.append(row("(e) session of 8 container tests, without xdist", one))
-    rows.append(row("(e) session of 8 container tests, -n 1 (xdist, one worker)", xdist_one))
-    rows.append(
-        row(
-            "(e) session of 8 container tests, -n 2",
-            two,
-            target="faster than without xdist",
-            ratio_to_no_xdist=round(statistics.median(two) / statistics.median(one), 3),
-            ratio_to_n1=round(statistics.median(two) / statistics.median(xdist_one), 3),
-        )
-    )
-    rows.append(
-        row(
-            "(i) the same 8 tests, a fresh daemon each (warm spares, renewals), no xdist: added "
-            "per test",
-            [(f - o) / 8 for f, o in zip(fresh, one, strict=True)],
-            target="<= 0.15 s",
-        )
-    )
+    rows.extend(session_rows())
 
     rows.extend(engine_rows(host, dind))
     preloads = preload_rows(host)
