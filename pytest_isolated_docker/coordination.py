@@ -382,6 +382,16 @@ def _release_claims() -> None:
         release_session(session_id)
 
 
+def created_first(path: Path) -> bool:
+    """Create the empty file ``path`` (0600): True for the one process that created it, False
+    for every other (it existed). Chooses one process of several for a once-only task."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
 # ---- small JSON state files -----------------------------------------------------------------
 
 

@@ -218,6 +218,8 @@ def engine_client(environment: Mapping[str, str] | None) -> docker.DockerClient 
 
 
 def remove_labelled(client: docker.DockerClient | None, labels: list[str]) -> list[str]:
+    """Remove the containers, networks and volumes on ``client``'s engine that carry all of
+    ``labels``; what was found. An engine that does not answer (or None) removes nothing."""
     if client is None:
         return []
     filters = {"label": labels}

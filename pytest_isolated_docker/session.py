@@ -10,17 +10,15 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import os
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import hostmirror, lazy, pullcache, reaper
 from .backends import Backend, BackendContext, backend_class
-from .coordination import release_session
+from .coordination import created_first, release_session
 from .daemon import Baseline, DockerDaemon
 from .errors import DaemonUnavailable, IsolatedDockerError
 from .labels import Identity
@@ -143,7 +141,7 @@ class DockerSession:
             # Tells the session's owner, at its end, that the host engine may hold leftovers;
             # and makes its creator the one process of the session that sweeps (the xdist
             # workers start at once, and a second sweep would only take CPU from their starts).
-            sweeps = _created_first(self.context.session_dir / ENGINE_USED)
+            sweeps = created_first(self.context.session_dir / ENGINE_USED)
             self._watchdog = Watchdog.start(self.identity, self.pool.environments())
             if sweeps:
                 threading.Thread(
@@ -427,15 +425,6 @@ class DockerSession:
         release_session(self.identity.session_id)
         if self._watchdog is not None:
             self._watchdog.dismiss()
-
-
-def _created_first(path: Path) -> bool:
-    """Create ``path``; True for the one process that created it, False if it existed."""
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:
-        return False
-    return True
 
 
 def own_daemon_options(node: pytest.Item) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from pytest_isolated_docker.coordination import (
     LockTimeout,
     ProcessIdentity,
     claim_session,
+    created_first,
     dead_session_dirs,
     is_held,
     locked,
@@ -244,3 +245,10 @@ def test_runtime_id_is_stable_and_per_runtime_dir(
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(other))
     assert coordination.runtime_id() != first
     assert oct((other / "pytest-isolated-docker").stat().st_mode)[-3:] == "700"
+
+
+def test_created_first_chooses_one_caller(tmp_path: Path) -> None:
+    marker = tmp_path / "engine-used"
+    assert created_first(marker) is True
+    assert created_first(marker) is False
+    assert marker.stat().st_mode & 0o777 == 0o600
