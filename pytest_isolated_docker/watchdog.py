@@ -94,7 +94,7 @@ def watch(identity: Identity, environments: list[dict[str, str]]) -> int:
     heartbeats, or everything the dead process made."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    #: Clients of the engines that answered, made for the first heartbeat.
+    # Clients of the engines that answered, made for the first heartbeat.
     clients: list[docker.DockerClient] = []
     received = b""
     next_beat = time.monotonic() + FIRST_BEAT_DELAY
