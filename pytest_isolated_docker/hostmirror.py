@@ -39,7 +39,7 @@ from .engines import Engine
 from .errors import StartupError
 from .mirrorstore import DIGEST, MANIFEST_TYPE, ExportError, Store
 from .net import bridge_gateway
-from .proxying import SHUTDOWN_POLL_INTERVAL
+from .proxying import serving_thread
 from .tls import CertificateAuthority, ClientTLS
 
 if TYPE_CHECKING:
@@ -216,12 +216,7 @@ class HostMirror:
         tls = _server_context(ca, address)
         images = HostImages(engine, store or Store.default())
         server = _Server((address, port), tls, images, log)
-        thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": SHUTDOWN_POLL_INTERVAL},
-            name="pytest-isolated-docker-host-mirror",
-            daemon=True,
-        )
+        thread = serving_thread(server, "pytest-isolated-docker-host-mirror")
         thread.start()
         return cls(server, thread)
 

@@ -29,6 +29,17 @@ _Server = TypeVar("_Server", bound="PrivateUnixServer")
 SHUTDOWN_POLL_INTERVAL = 0.02
 
 
+def serving_thread(server: socketserver.BaseServer, name: str) -> threading.Thread:
+    """A daemon thread (not yet started) running ``server``'s loop, which ``server.shutdown()``
+    ends within :data:`SHUTDOWN_POLL_INTERVAL`."""
+    return threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": SHUTDOWN_POLL_INTERVAL},
+        name=name,
+        daemon=True,
+    )
+
+
 def host_engine_url(environment: Mapping[str, str]) -> str:
     """The host engine's URL, as the docker CLI reads it (``DOCKER_HOST``, else the socket)."""
     return environment.get("DOCKER_HOST") or DEFAULT_HOST
@@ -182,12 +193,7 @@ class PrivateUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServ
             os.umask(old_umask)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        self._thread = threading.Thread(
-            target=self.serve_forever,
-            kwargs={"poll_interval": SHUTDOWN_POLL_INTERVAL},
-            name=name,
-            daemon=True,
-        )
+        self._thread = serving_thread(self, name)
 
     @property
     def base_url(self) -> str:

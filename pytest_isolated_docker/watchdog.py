@@ -115,17 +115,15 @@ def watch(identity: Identity, environments: list[dict[str, str]]) -> int:
         if not chunk:
             break
         received += chunk
-    if received == b"done":
-        if not clients:  # no heartbeat yet: nothing to remove
-            return 0
-        from . import reaper
+    if received == b"done" and not clients:
+        return 0  # no heartbeat was made: nothing to remove
+    from . import reaper
 
+    if received == b"done":
         heartbeats = [f"{SESSION}={identity.session_id}", f"{PID}={identity.pid}"]
         for client in clients:
             reaper.remove_labelled(client, [*heartbeats, f"{ROLE}={reaper.HEARTBEAT_ROLE}"])
         return 0
-    from . import reaper
-
     for client in clients:
         client.close()
     reaper.reap_process(identity.session_id, identity.pid, environments)
